@@ -1,0 +1,79 @@
+"""Updates per second of the learner's train step for one model size on the device it finds.
+
+Usage: python bench/train_step.py [--size S] [--batch 16] [--length 64] [--image 64] [--steps 5]
+Prints one line per timed update and a final JSON line: updates_per_s, seconds_per_update,
+params, device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from learner.agent import Agent, metrics_to_floats
+from learner.config import AgentConfig, ModelConfig
+from learner.spaces import ActionSpec, ObservationSpec
+
+
+def synthetic_batch(batch: int, length: int, image: int, actions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random frames and actions with episode starts sprinkled in, like a replay sample."""
+    is_first = rng.random((batch, length)) < 0.01
+    is_first[:, 0] = True
+    return {
+        "image": rng.integers(0, 256, (batch, length, image, image, 3), dtype=np.uint8),
+        "action": rng.integers(0, actions, (batch, length)),
+        "reward": rng.normal(size=(batch, length)).astype(np.float32),
+        "is_first": is_first,
+        "is_terminal": rng.random((batch, length)) < 0.01,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="S")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--image", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config = AgentConfig(model=ModelConfig(size=args.size), device=args.device, precision=args.precision, compile=args.compile)
+    agent = Agent(ObservationSpec({"image": (args.image, args.image, 3)}), ActionSpec("discrete", (6,)), config)
+    rng = np.random.default_rng(0)
+    batch = synthetic_batch(args.batch, args.length, args.image, 6, rng)
+    sync = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        metrics_to_floats(agent.train_step(batch))
+    times = []
+    for step in range(args.steps):
+        sync()
+        start = time.perf_counter()
+        metrics = agent.train_step(batch)
+        sync()
+        times.append(time.perf_counter() - start)
+        print(f"update {step}: {times[-1]:.3f} s  wm_loss={metrics_to_floats(metrics)['world_model/loss']:.1f}", flush=True)
+    seconds = float(np.median(times))
+    print(json.dumps({
+        "updates_per_s": round(1.0 / seconds, 3),
+        "seconds_per_update": round(seconds, 3),
+        "params": agent.num_params(),
+        "device": str(agent.device) if agent.device.type == "cpu" else torch.cuda.get_device_name(),
+        "precision": "bf16" if agent.bf16 else "fp32",
+        "size": args.size,
+        "batch": [args.batch, args.length],
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

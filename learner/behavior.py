@@ -1,0 +1,150 @@
+"""Actor-critic trained on trajectories imagined by the world model (DreamerV3, section 3).
+
+Per update the actor runs once per imagined step (it chooses the actions there), the critic once
+over all imagined states with gradients and the slow critic once without; everything else the
+losses need is read off those passes.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from learner.config import AgentConfig
+from learner.nets import MLP, TwoHotSymlog, reward_bins
+from learner.numerics import ReturnNormalizer, lambda_returns
+from learner.spaces import ActionSpec
+from learner.world_model import Posterior, WorldModel
+
+
+class PolicyDist:
+    """The actor's action distribution, over model-form actions (one-hots or vectors)."""
+
+    def __init__(self, out: Tensor, spec: ActionSpec, unimix: float, min_std: float, max_std: float):
+        self.spec = spec
+        out = out.float()
+        if spec.kind == "continuous":
+            mean, std = out.chunk(2, -1)
+            self.normal = torch.distributions.Normal(torch.tanh(mean), (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std)
+        else:
+            self.log_probs = []
+            for logits in out.split(list(spec.sizes), -1):
+                probs = (1.0 - unimix) * torch.softmax(logits, -1) + unimix / logits.shape[-1]
+                self.log_probs.append(torch.log(probs))
+
+    def sample(self) -> Tensor:
+        """Reparameterised for continuous actions; plain one-hot samples for discrete ones."""
+        if self.spec.kind == "continuous":
+            return self.normal.rsample()
+        picks = [torch.multinomial(lp.detach().exp().reshape(-1, lp.shape[-1]), 1).reshape(lp.shape[:-1]) for lp in self.log_probs]
+        return self._onehot(picks)
+
+    def mode(self) -> Tensor:
+        if self.spec.kind == "continuous":
+            return self.normal.mean
+        return self._onehot([lp.argmax(-1) for lp in self.log_probs])
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        if self.spec.kind == "continuous":
+            return self.normal.log_prob(action).sum(-1)
+        parts = action.split(list(self.spec.sizes), -1)
+        return sum((p * lp).sum(-1) for p, lp in zip(parts, self.log_probs))
+
+    def entropy(self) -> Tensor:
+        if self.spec.kind == "continuous":
+            return self.normal.entropy().sum(-1)
+        return sum(-(lp.exp() * lp).sum(-1) for lp in self.log_probs)
+
+    def to_env(self, action: Tensor) -> Tensor:
+        """Model-form actions to what the environment takes (indices, or clipped vectors)."""
+        if self.spec.kind == "continuous":
+            return action.clamp(-1.0, 1.0)
+        index = torch.stack([p.argmax(-1) for p in action.split(list(self.spec.sizes), -1)], -1)
+        return index.squeeze(-1) if self.spec.kind == "discrete" else index
+
+    def _onehot(self, picks: list[Tensor]) -> Tensor:
+        return torch.cat([F.one_hot(i, n).float() for i, n in zip(picks, self.spec.sizes)], -1)
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, feat_dims: list[int], act_spec: ActionSpec, config: AgentConfig):
+        super().__init__()
+        dims = config.model.resolved()
+        self.cfg = config.behavior
+        self.act_spec = act_spec
+        self.unimix = config.model.unimix
+        out = 2 * act_spec.model_dim if act_spec.kind == "continuous" else act_spec.model_dim
+        self.actor = MLP(feat_dims, dims["hidden"], dims["layers"], out)
+        self.critic = MLP(feat_dims, dims["hidden"], dims["layers"], config.model.reward_bins, zero_out=True)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.return_norm = ReturnNormalizer(self.cfg.return_norm_decay)
+        self.register_buffer("bins", reward_bins(config.model.reward_bins), persistent=False)
+        grad = self.cfg.actor_grad
+        if grad not in ("auto", "reinforce", "backprop"):
+            raise ValueError(f"behavior.actor_grad must be auto, reinforce or backprop, not {grad!r}")
+        self.backprop = grad == "backprop" or (grad == "auto" and act_spec.kind == "continuous")
+
+    def policy(self, deter: Tensor, stoch: Tensor) -> PolicyDist:
+        return PolicyDist(self.actor(deter, stoch), self.act_spec, self.unimix, self.cfg.min_std, self.cfg.max_std)
+
+    def loss(self, wm: WorldModel, start: Posterior, start_cont: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Imagine `horizon` steps from every posterior state and return actor + critic losses."""
+        cfg = self.cfg
+        deter, stoch = start.deter.flatten(0, 1), start.stoch.flatten(0, 1)
+        deters, stochs, logps, ents = [deter], [stoch], [], []
+        for _ in range(cfg.horizon):
+            dist = self.policy(deter.detach() if not self.backprop else deter, stoch.detach() if not self.backprop else stoch)
+            action = dist.sample()
+            logps.append(dist.log_prob(action.detach()))
+            ents.append(dist.entropy())
+            with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
+                deter, stoch = wm.rssm.imagine_step(deter, stoch, action if self.backprop else action.detach())
+            deters.append(deter)
+            stochs.append(stoch)
+        deter_all, stoch_all = torch.stack(deters), torch.stack(stochs)  # [H+1, N, ...]
+        with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
+            reward = wm.reward(deter_all[1:], stoch_all[1:]).mean()
+        with torch.no_grad():
+            cont = (wm.continue_logits(deter_all[1:], stoch_all[1:]) > 0).float()
+            cont = torch.cat([start_cont.flatten()[None].float(), cont])
+            discount = 1.0 - 1.0 / cfg.discount_horizon
+            weight = torch.cumprod(discount * cont, 0) / discount  # [H+1, N]
+
+        critic_in = (deter_all.detach(), stoch_all.detach())
+        critic_logits = self.critic(*critic_in)
+        value = TwoHotSymlog(critic_logits, self.bins).mean().detach()
+        returns = lambda_returns(reward, cont[1:], value, discount, cfg.lam)  # [H, N]
+        self.return_norm.update(returns)
+        scale = self.return_norm.scale()
+        advantage = (returns - value[:-1]) / scale
+        entropy = torch.stack(ents)
+        if self.backprop:
+            actor_objective = advantage
+        else:
+            actor_objective = torch.stack(logps) * advantage.detach()
+        actor_loss = -(weight[:-1] * (actor_objective + cfg.entropy * entropy)).mean()
+
+        with torch.no_grad():
+            slow_value = TwoHotSymlog(self.slow_critic(deter_all[:-1].detach(), stoch_all[:-1].detach()), self.bins).mean()
+        critic_dist = TwoHotSymlog(critic_logits[:-1], self.bins)
+        critic_nll = -critic_dist.log_prob(returns.detach()) - cfg.slow_critic_reg * critic_dist.log_prob(slow_value)
+        critic_loss = (weight[:-1] * critic_nll).mean()
+
+        metrics = {
+            "actor/loss": actor_loss.detach(),
+            "actor/entropy": entropy.mean().detach(),
+            "critic/loss": critic_loss.detach(),
+            "critic/value": value.mean(),
+            "imagine/return": returns.mean().detach(),
+            "imagine/reward": reward.mean().detach(),
+            "imagine/return_scale": scale.detach(),
+        }
+        return actor_loss + critic_loss, metrics
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """Move the slow critic a fixed fraction towards the critic (an EMA of its weights)."""
+        slow, fast = list(self.slow_critic.parameters()), list(self.critic.parameters())
+        torch._foreach_lerp_(slow, fast, self.cfg.slow_critic_fraction)

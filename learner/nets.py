@@ -1,0 +1,126 @@
+"""Network building blocks: LayerNorm + SiLU MLPs and CNNs, and the output distributions."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from learner.numerics import symexp, symlog, twohot
+
+
+class MLP(nn.Module):
+    """Linear -> LayerNorm -> SiLU blocks whose first layer takes several inputs.
+
+    The first layer holds one weight per input and sums the products, which equals a linear layer
+    on the concatenated inputs without materialising the concatenation (the RSSM and imagination
+    loops call these once per step).
+    """
+
+    def __init__(self, in_dims: Sequence[int], hidden: int, layers: int, out: int | None = None, zero_out: bool = False):
+        super().__init__()
+        self.inputs = nn.ModuleList(nn.Linear(d, hidden, bias=i == 0) for i, d in enumerate(in_dims))
+        self.norm0 = nn.LayerNorm(hidden, eps=1e-3)
+        blocks: list[nn.Module] = []
+        for _ in range(layers - 1):
+            blocks += [nn.Linear(hidden, hidden, bias=False), nn.LayerNorm(hidden, eps=1e-3), nn.SiLU()]
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Linear(hidden, out) if out is not None else None
+        if zero_out and self.out is not None:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        h = self.blocks(F.silu(self.norm0(linear_sum(self.inputs, xs))))
+        return self.out(h) if self.out is not None else h
+
+
+def linear_sum(layers: nn.ModuleList, xs: Sequence[Tensor]) -> Tensor:
+    """sum_i layers[i](xs[i]), accumulated in place by addmm (no concatenation, no temporaries)."""
+    lead = xs[0].shape[:-1]
+    h = layers[0](xs[0].reshape(-1, xs[0].shape[-1]))
+    for layer, x in zip(layers[1:], xs[1:]):
+        h = torch.addmm(h, x.reshape(-1, x.shape[-1]).to(h.dtype), layer.weight.t().to(h.dtype))
+    return h.reshape(*lead, h.shape[-1])
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of an NCHW tensor (free of copies in channels-last memory)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=1e-3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _stages(resolution: int, depth: int) -> list[int]:
+    """Channel widths while halving the resolution down to 4x4: depth, 2 depth, 4 depth, ..."""
+    stages = []
+    while resolution > 4:
+        stages.append(depth * 2 ** len(stages))
+        resolution //= 2
+    return stages
+
+
+class ImageEncoder(nn.Module):
+    """Strided 4x4 convolutions from (H, W) down to 4x4, flattened."""
+
+    def __init__(self, channels: int, resolution: int, depth: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in _stages(resolution, depth):
+            layers += [nn.Conv2d(channels, width, 4, 2, 1, bias=False), ChannelNorm(width), nn.SiLU()]
+            channels = width
+        self.net = nn.Sequential(*layers)
+        self.out_dim = channels * 16
+
+    def forward(self, image: Tensor) -> Tensor:
+        """uint8 images [N, H, W, C] -> features [N, out_dim]."""
+        x = image.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x).flatten(1)
+
+
+class ImageDecoder(nn.Module):
+    """Mirror of `ImageEncoder`: features -> 4x4 map -> transposed convolutions -> image mean."""
+
+    def __init__(self, in_dims: Sequence[int], channels: int, resolution: int, depth: int):
+        super().__init__()
+        widths = _stages(resolution, depth)[::-1]
+        self.top = widths[0]
+        self.inputs = nn.ModuleList(nn.Linear(d, widths[0] * 16, bias=i == 0) for i, d in enumerate(in_dims))
+        layers: list[nn.Module] = []
+        for width, nxt in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(width, nxt, 4, 2, 1, bias=False), ChannelNorm(nxt), nn.SiLU()]
+        layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        """features [N, ...] -> predicted images [N, H, W, C] in [-0.5, 0.5] units."""
+        h = linear_sum(self.inputs, xs)
+        h = h.view(-1, self.top, 4, 4).contiguous(memory_format=torch.channels_last)
+        return self.net(h).permute(0, 2, 3, 1)
+
+
+class TwoHotSymlog:
+    """A categorical over symlog-spaced bins, read out as symexp(E[bin]).
+
+    Training with two-hot targets makes the loss invariant to the scale of rewards and returns.
+    """
+
+    def __init__(self, logits: Tensor, bins: Tensor):
+        self.logits = logits.float()
+        self.bins = bins
+
+    def mean(self) -> Tensor:
+        return symexp((torch.softmax(self.logits, -1) * self.bins).sum(-1))
+
+    def log_prob(self, target: Tensor) -> Tensor:
+        return (twohot(symlog(target.float()), self.bins) * torch.log_softmax(self.logits, -1)).sum(-1)
+
+
+def reward_bins(count: int, device: torch.device | None = None) -> Tensor:
+    return torch.linspace(-20.0, 20.0, count, device=device)

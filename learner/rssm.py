@@ -1,0 +1,118 @@
+"""Recurrent state-space model with discrete latents (DreamerV3).
+
+State = (deter h, stoch z): h is a GRU state, z is `stoch` one-hot categoricals of `classes`
+classes, flattened. Every input projection that does not depend on the recurrence (actions,
+encoder embeddings) is computed for the whole sequence before the time loop, and the prior is
+computed after it in one batched call, so the loop itself is a handful of matmuls per step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from learner.nets import MLP
+
+
+class LatentCategorical:
+    """`stoch` independent categoricals mixed with 1% uniform, sampled straight-through."""
+
+    def __init__(self, logits: Tensor, unimix: float):
+        probs = torch.softmax(logits.float(), -1)
+        self.probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
+
+    @property
+    def log_probs(self) -> Tensor:
+        return torch.log(self.probs)
+
+    def sample(self) -> Tensor:
+        """One-hot samples with straight-through gradients, flattened to [..., stoch * classes].
+
+        Inverse-CDF sampling: one uniform number per latent instead of Gumbel noise per class.
+        """
+        probs = self.probs.detach()
+        cdf = probs.cumsum(-1)
+        u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+        index = (cdf < u).sum(-1).clamp_(max=probs.shape[-1] - 1)
+        onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+        if self.probs.requires_grad:
+            onehot = onehot + self.probs - probs
+        return onehot.flatten(-2)
+
+    def mode(self) -> Tensor:
+        index = self.probs.argmax(-1)
+        return F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype).flatten(-2)
+
+
+def categorical_kl(p: LatentCategorical, q: LatentCategorical) -> Tensor:
+    """KL(p || q) summed over the latent variables."""
+    return (p.probs * (torch.log(p.probs) - torch.log(q.probs))).sum((-2, -1))
+
+
+class RSSM(nn.Module):
+    def __init__(self, embed_dim: int, action_dim: int, deter: int, hidden: int, stoch: int, classes: int, unimix: float):
+        super().__init__()
+        self.deter, self.stoch, self.classes, self.unimix = deter, stoch, classes, unimix
+        latent = stoch * classes
+        # GRU input: Linear([z, a]) split into the two parts.
+        self.in_stoch = nn.Linear(latent, hidden, bias=False)
+        self.in_action = nn.Linear(action_dim, hidden)
+        self.in_norm = nn.LayerNorm(hidden, eps=1e-3)
+        # LayerNorm GRU: gates from Linear([x, h]), split into the two parts.
+        self.gru_x = nn.Linear(hidden, 3 * deter, bias=False)
+        self.gru_h = nn.Linear(deter, 3 * deter)
+        self.gru_norm = nn.LayerNorm(3 * deter, eps=1e-3)
+        self.prior_net = MLP([deter], hidden, 1, latent)
+        # Posterior: MLP([h, embed]) with the embed part projected ahead of the loop.
+        self.post_deter = nn.Linear(deter, hidden, bias=False)
+        self.post_embed = nn.Linear(embed_dim, hidden)
+        self.post_norm = nn.LayerNorm(hidden, eps=1e-3)
+        self.post_out = nn.Linear(hidden, latent)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.stoch * self.classes
+
+    def initial(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        return torch.zeros(batch, self.deter, device=device), torch.zeros(batch, self.latent_dim, device=device)
+
+    def dist(self, logits: Tensor) -> LatentCategorical:
+        return LatentCategorical(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix)
+
+    def recur(self, deter: Tensor, stoch: Tensor, action_proj: Tensor) -> Tensor:
+        """One GRU step from the previous state and the (projected) action that followed it."""
+        x = F.silu(self.in_norm(self.in_stoch(stoch) + action_proj))
+        reset, cand, update = self.gru_norm(self.gru_x(x) + self.gru_h(deter)).chunk(3, -1)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update - 1.0)
+        return update * cand + (1.0 - update) * deter
+
+    def posterior_logits(self, deter: Tensor, embed_proj: Tensor) -> Tensor:
+        return self.post_out(F.silu(self.post_norm(self.post_deter(deter) + embed_proj)))
+
+    def prior_logits(self, deter: Tensor) -> Tensor:
+        return self.prior_net(deter)
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Filter a batch of sequences. embed [B, T, E], action [B, T, A] (the action that led to
+        each observation), is_first [B, T]. Returns deter [B, T, D], stoch samples [B, T, Z] and
+        posterior logits [B, T, Z]; the state is reset to zeros where is_first is set."""
+        batch, length = embed.shape[:2]
+        keep = (~is_first).to(embed.dtype).unsqueeze(-1)
+        action_proj = self.in_action(action * keep)
+        embed_proj = self.post_embed(embed)
+        deter, stoch = self.initial(batch, embed.device)
+        deters, stochs, logits = [], [], []
+        for t in range(length):
+            deter = self.recur(deter * keep[:, t], stoch * keep[:, t], action_proj[:, t])
+            post = self.posterior_logits(deter, embed_proj[:, t])
+            stoch = self.dist(post).sample()
+            deters.append(deter)
+            stochs.append(stoch)
+            logits.append(post)
+        return torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits, 1)
+
+    def imagine_step(self, deter: Tensor, stoch: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Advance a state by an action without an observation (samples z from the prior)."""
+        deter = self.recur(deter, stoch, self.in_action(action))
+        return deter, self.dist(self.prior_logits(deter)).sample()

@@ -1,0 +1,189 @@
+"""The agent API: shapes for every observation and action kind, losses, weights, checkpoints."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learner.agent import Agent, metrics_to_floats
+from learner.config import AgentConfig, HarmonyConfig, ModelConfig
+from learner.rssm import RSSM, categorical_kl
+from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
+
+OBS = {
+    "vector": {"vector": (5,)},
+    "image": {"image": (32, 32, 3)},
+    "dict": {"image": (32, 32, 3), "vector": (7,)},
+}
+ACTIONS = {
+    "discrete": ActionSpec("discrete", (4,)),
+    "multi_discrete": ActionSpec("multi_discrete", (3, 3, 4)),
+    "continuous": ActionSpec("continuous", (2,)),
+}
+
+
+def make_agent(obs="vector", action="discrete", **harmony) -> Agent:
+    torch.manual_seed(0)
+    config = AgentConfig(model=ModelConfig(size="debug"), harmony=HarmonyConfig(**harmony))
+    return Agent(ObservationSpec(OBS[obs]), ACTIONS[action], config)
+
+
+def make_batch(agent: Agent, batch=3, length=8, seed=0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = {}
+    for key, shape in agent.obs_spec.shapes.items():
+        if len(shape) == 3:
+            data[key] = rng.integers(0, 256, (batch, length, *shape), dtype=np.uint8)
+        else:
+            data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
+    spec = agent.act_spec
+    if spec.kind == "continuous":
+        data["action"] = rng.uniform(-1, 1, (batch, length, *spec.env_shape)).astype(np.float32)
+    elif spec.kind == "discrete":
+        data["action"] = rng.integers(0, spec.sizes[0], (batch, length))
+    else:
+        data["action"] = np.stack([rng.integers(0, n, (batch, length)) for n in spec.sizes], -1)
+    data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
+    data["is_first"] = np.zeros((batch, length), bool)
+    data["is_first"][:, 0] = True
+    data["is_terminal"] = np.zeros((batch, length), bool)
+    data["is_terminal"][0, -1] = True
+    return data
+
+
+@pytest.mark.parametrize("obs", OBS)
+@pytest.mark.parametrize("action", ACTIONS)
+def test_policy_and_train_shapes(obs, action):
+    agent = make_agent(obs, action)
+    batch = make_batch(agent)
+    step_obs = {k: batch[k][:, 0] for k in agent.obs_spec.shapes}
+    actions, state = agent.policy_step(step_obs, None, np.ones(3, bool))
+    spec = agent.act_spec
+    assert actions.shape == (3, *spec.env_shape)
+    assert actions.dtype == spec.env_dtype
+    if spec.kind == "continuous":
+        assert np.all(np.abs(actions) <= 1.0)
+    else:
+        assert np.all(actions >= 0) and np.all(actions < np.array(spec.sizes))
+    assert state.deter.shape == (3, 32) and state.stoch.shape == (3, 16) and state.action.shape == (3, spec.model_dim)
+    greedy, _ = agent.policy_step(step_obs, state, np.zeros(3, bool), greedy=True)
+    assert greedy.shape == actions.shape
+
+    metrics = metrics_to_floats(agent.train_step(batch))
+    assert all(math.isfinite(v) for v in metrics.values())
+    expected_losses = {f"loss/{k}" for k in OBS[obs]} | {"loss/reward", "loss/continue", "loss/dyn", "loss/rep"}
+    assert expected_losses <= set(metrics)
+    for task in ("observation", "reward", "dynamics"):
+        assert f"harmony/{task}/sigma" in metrics
+    assert agent.updates == 1
+
+
+def test_observation_and_dynamics_losses_group_into_tasks():
+    """Every decoder lands in `observation`; dyn/rep split 5:1 in `dynamics` (off = DreamerV3)."""
+    agent = make_agent("dict", "discrete", mode="off")
+    metrics = metrics_to_floats(agent.train_step(make_batch(agent)))
+    assert metrics["harmony/observation/loss"] == pytest.approx(metrics["loss/image"] + metrics["loss/vector"], rel=1e-5)
+    dynamics = (0.5 * metrics["loss/dyn"] + 0.1 * metrics["loss/rep"]) / 0.6
+    assert metrics["harmony/dynamics/loss"] == pytest.approx(dynamics, rel=1e-5)
+    total = metrics["loss/image"] + metrics["loss/vector"] + metrics["loss/reward"] + metrics["loss/continue"] + 0.5 * metrics["loss/dyn"] + 0.1 * metrics["loss/rep"]
+    assert metrics["world_model/loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_rectified_total_includes_regulariser_once_per_task():
+    agent = make_agent("dict", "discrete")
+    metrics = metrics_to_floats(agent.train_step(make_batch(agent)))
+    # sigma = 1 at the first step: total = sum of task losses + 3 log 2, continue unharmonized
+    tasks = sum(metrics[f"harmony/{t}/loss"] for t in ("observation", "reward", "dynamics", "continue"))
+    assert metrics["world_model/loss"] == pytest.approx(tasks + 3 * math.log(2.0), rel=1e-5)
+    assert "harmony/continue/sigma" not in metrics
+
+
+def test_harmonizer_sigmas_are_trained_with_the_world_model():
+    agent = make_agent("image", "discrete")
+    optimised = {id(p) for group in agent.wm_opt.param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in agent.world_model.harmonizer.parameters())
+    batch = make_batch(agent)
+    for _ in range(5):
+        agent.train_step(batch)
+    sigmas = agent.world_model.harmonizer.sigmas()
+    # losses above sigma^2 / (1 + sigma) = 0.5 push sigma up from 1: the image loss sums 3,072
+    # pixel errors and the reward loss starts near log(255)
+    assert sigmas["observation"] > 1.0 and sigmas["reward"] > 1.0
+
+
+def test_world_model_loss_decreases_on_a_fixed_batch():
+    agent = make_agent("vector", "discrete")
+    for group in agent.wm_opt.param_groups:
+        group["lr"] = 3e-3
+    batch = make_batch(agent)
+    first = metrics_to_floats(agent.train_step(batch))
+    for _ in range(40):
+        last = metrics_to_floats(agent.train_step(batch))
+    assert last["loss/vector"] < 0.7 * first["loss/vector"]
+    assert last["loss/reward"] < 0.7 * first["loss/reward"]
+
+
+def test_free_nats_clip_each_element():
+    rssm = RSSM(embed_dim=4, action_dim=2, deter=8, hidden=8, stoch=4, classes=4, unimix=0.01)
+    logits = torch.randn(6, 16, requires_grad=True)
+    same = categorical_kl(rssm.dist(logits), rssm.dist(logits.detach()))
+    assert torch.allclose(same, torch.zeros(6), atol=1e-6)
+    clipped = torch.clamp(same, min=1.0).mean()
+    assert clipped.item() == 1.0
+    clipped.backward()
+    assert logits.grad.abs().max().item() == 0.0  # below the free nats: no gradient
+    far = categorical_kl(rssm.dist(logits * 10), rssm.dist(torch.zeros(6, 16)))
+    assert (far > 1.0).all()
+
+
+def test_policy_weights_travel_with_version():
+    learner = make_agent("dict", "multi_discrete")
+    runner = make_agent("dict", "multi_discrete")
+    batch = make_batch(learner)
+    for _ in range(3):
+        learner.train_step(batch)
+    weights = learner.policy_weights()
+    assert weights["version"] == 3
+    assert all(k.startswith(("world_model.encoder", "world_model.rssm", "actor_critic.actor")) for k in weights["state"])
+    assert all(v.device.type == "cpu" for v in weights["state"].values())
+    runner.load_policy_weights(weights)
+    obs = {k: batch[k][:, 0] for k in learner.obs_spec.shapes}
+    torch.manual_seed(1)
+    a, _ = learner.policy_step(obs, None, np.ones(3, bool), greedy=True)
+    torch.manual_seed(1)
+    b, _ = runner.policy_step(obs, None, np.ones(3, bool), greedy=True)
+    np.testing.assert_array_equal(a, b)
+    assert runner.updates == 3
+
+
+def test_checkpoint_round_trip_continues_identically(tmp_path):
+    a = make_agent("vector", "continuous")
+    batch = make_batch(a)
+    a.train_step(batch)
+    path = tmp_path / "agent.pt"
+    torch.save(a.state_dict(), path)
+    b = make_agent("vector", "continuous")
+    b.load_state_dict(torch.load(path, weights_only=True))
+    assert b.updates == 1
+    torch.manual_seed(5)
+    ma = metrics_to_floats(a.train_step(batch))
+    torch.manual_seed(5)
+    mb = metrics_to_floats(b.train_step(batch))
+    assert ma["world_model/loss"] == pytest.approx(mb["world_model/loss"], rel=1e-6)
+    assert ma["actor/loss"] == pytest.approx(mb["actor/loss"], rel=1e-5, abs=1e-7)
+
+
+def test_bad_observation_shapes_are_rejected():
+    with pytest.raises(ObservationShapeError, match="power-of-two"):
+        ObservationSpec({"image": (60, 60, 3)})
+    with pytest.raises(ObservationShapeError, match="images \\(H, W, C\\) or vectors"):
+        ObservationSpec({"grid": (4, 4)})
+
+
+def test_size_presets_follow_dreamerv3():
+    s = ModelConfig(size="S").resolved()
+    assert (s["deter"], s["hidden"], s["layers"], s["cnn_depth"], s["stoch"], s["classes"]) == (512, 512, 2, 32, 32, 32)
+    assert ModelConfig(size="XL").resolved()["deter"] == 4096
+    assert ModelConfig(size="S", deter=64).resolved()["deter"] == 64
+    with pytest.raises(ValueError, match="unknown model size"):
+        ModelConfig(size="XXL").resolved()
