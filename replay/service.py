@@ -1,0 +1,454 @@
+"""Client of the sharded replay: sticky inserts, stratified parallel sampling, and a prefetching sampler.
+
+A ``ReplayService`` is a small picklable object (actor handles plus a little routing state); the
+driver creates it and passes copies to the runners and the learner. Each stream is pinned to one
+shard by a stable hash of its name, so every client agrees on the placement without coordination
+and a stream's chunks stay together (sequences can span them). A batch is split across shards in
+proportion to the sequence starts each holds (systematic sampling: every shard gets the floor or the
+ceiling of its share), fetched in parallel and concatenated; with ``mode='uniform'`` this is exactly
+uniform over all starts of all shards. Recency and priority weights apply within each shard.
+
+Availability: a shard that fails or times out is skipped (with growing back-off) and its rows are
+drawn from the other shards; an insert whose shard is down is retried with back-off until the
+restarted shard, having reloaded its files, acknowledges it.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from replay.shard import InsertAck, ShardSample, make_shard_actor
+from replay.storage import WEIGHT_VERSION, Batch, Chunk, chunk_length
+
+_SHARD_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
+_KEY_SHARD_SHIFT = 48  # service-level priority keys carry the shard index above a shard's own step key
+_MAX_BACKOFF_S = 5.0
+_NO_DATA_WAIT_S = 0.05
+_POLL_S = 0.1  # how often blocked Sampler calls look at the stop flag
+_END = object()  # queued by the Sampler's thread when it stops
+_SUMMED_STATS = ("size", "capacity", "num_chunks", "nbytes", "inserted_steps", "sampled_steps")
+
+
+@dataclass
+class _Request:
+    """A batch being fetched: one in-flight ``sample_part`` call per live shard."""
+
+    batch_size: int
+    seq_len: int
+    with_keys: bool
+    parts: list[tuple[int, ray.ObjectRef]]
+
+
+class ReplayService:
+    """Inserts into and samples from K replay shards, paced by an optional shared rate limiter."""
+
+    def __init__(
+        self,
+        shards: Sequence[ray.actor.ActorHandle],
+        limiter: ray.actor.ActorHandle | None = None,
+        *,
+        seed: int | None = None,
+        shard_timeout_s: float = 10.0,
+        insert_retry_s: float = 300.0,
+        retry_backoff_s: float = 0.05,
+    ) -> None:
+        if not shards:
+            raise ValueError("need at least one shard")
+        self._shards = list(shards)
+        self._limiter = limiter
+        self._rng = np.random.default_rng(seed)
+        self._shard_timeout_s = shard_timeout_s
+        self._insert_retry_s = insert_retry_s
+        self._retry_backoff_s = retry_backoff_s
+        self._sequences = np.zeros(len(self._shards), np.int64)  # last reported starts per shard...
+        self._sequences_len = 0  # ...for sequences of this length
+        self._down_until = np.zeros(len(self._shards))  # time.monotonic() before which a shard is skipped
+        self._down_for = np.full(len(self._shards), retry_backoff_s)
+
+    @classmethod
+    def create(
+        cls,
+        num_shards: int,
+        root: str | os.PathLike,
+        capacity: int,
+        *,
+        limiter: ray.actor.ActorHandle | None = None,
+        mode: str = "uniform",
+        recency_half_life: float | None = None,
+        priority_alpha: float = 0.6,
+        max_restarts: int = -1,
+        seed: int | None = None,
+        **client_options: Any,
+    ) -> ReplayService:
+        """Start num_shards shard actors in ``<root>/shard_<i>``, splitting capacity (total steps) evenly.
+
+        recency_half_life is in total steps; each shard sees about 1/num_shards of them, so it
+        applies recency_half_life / num_shards of its own steps.
+        """
+        if not 1 <= num_shards <= capacity:
+            raise ValueError(f"need 1 <= num_shards <= capacity, got {num_shards} and {capacity}")
+        half_life = None if recency_half_life is None else recency_half_life / num_shards
+        seeds = np.random.SeedSequence(seed).spawn(num_shards + 1)
+        shards = [
+            make_shard_actor(
+                i,
+                os.path.join(root, f"shard_{i}"),
+                capacity // num_shards + (i < capacity % num_shards),
+                max_restarts=max_restarts,
+                mode=mode,
+                recency_half_life=half_life,
+                priority_alpha=priority_alpha,
+                seed=int(seeds[i].generate_state(1)[0]),
+            )
+            for i in range(num_shards)
+        ]
+        service_seed = int(seeds[-1].generate_state(1)[0])
+        return cls(shards, limiter, seed=service_seed, **client_options)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Copies made by Ray may hold read-only views of its object store; routing state must be writable."""
+        self.__dict__.update({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in state.items()})
+
+    @property
+    def shards(self) -> list[ray.actor.ActorHandle]:
+        return list(self._shards)
+
+    def shard_for(self, stream: str) -> int:
+        """The shard that holds a stream; the same in every process (CRC32, unlike the salted hash())."""
+        return zlib.crc32(stream.encode()) % len(self._shards)
+
+    def insert(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int) -> InsertAck | None:
+        """Wait for the limiter, then return once the stream's shard has durably stored the chunk.
+
+        Returns None without inserting when the limiter is closed (shutdown). Raises if the shard
+        stays unreachable for insert_retry_s.
+        """
+        n_steps = chunk_length(chunk)
+        if self._limiter is not None and not ray.get(self._limiter.acquire_insert.remote(n_steps)):
+            return None
+        shard = self._shards[self.shard_for(stream)]
+        payload = ray.put(chunk)  # serialised once, whatever the number of retries
+        deadline = time.monotonic() + self._insert_retry_s
+        backoff = self._retry_backoff_s
+        while True:
+            try:
+                return ray.get(shard.insert.remote(payload, stream, chunk_id, int(weight_version)))
+            except ray.exceptions.RayActorError:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                time.sleep(backoff)
+                backoff = min(2 * backoff, _MAX_BACKOFF_S)
+
+    def sample(self, batch_size: int, seq_len: int) -> Batch | None:
+        """Wait for the limiter, then a stratified [B, T] batch; None if the limiter is closed or no
+        live shard holds seq_len consecutive steps of a stream (the limiter still counts that grant;
+        a Sampler instead waits for data under its grant)."""
+        result = self._sample(batch_size, seq_len, with_keys=False)
+        return None if result is None else result[0]
+
+    def sample_with_keys(self, batch_size: int, seq_len: int) -> tuple[Batch, np.ndarray] | None:
+        """Like sample, plus int64 [B] keys for update_priorities."""
+        return self._sample(batch_size, seq_len, with_keys=True)
+
+    def sampler(self, batch_size: int, seq_len: int, prefetch: int = 2, with_keys: bool = False) -> Sampler:
+        return Sampler(self, batch_size, seq_len, prefetch, with_keys)
+
+    def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """Route priorities to the shards that produced the keys; a shard that is down misses them
+        (priorities are advisory, its reloaded steps restart at the highest priority)."""
+        keys = np.asarray(keys, np.int64).ravel()
+        priorities = np.asarray(priorities, np.float64).ravel()
+        shard_of = keys >> _KEY_SHARD_SHIFT
+        local = keys & ((1 << _KEY_SHARD_SHIFT) - 1)
+        refs = [
+            self._shards[i].update_priorities.remote(local[shard_of == i], priorities[shard_of == i])
+            for i in np.unique(shard_of)
+        ]
+        for ref in refs:
+            try:
+                ray.get(ref, timeout=self._shard_timeout_s)
+            except _SHARD_ERRORS:
+                continue
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and counters summed over reachable shards, the per-shard stats, and the replay ratio."""
+        refs = [shard.stats.remote() for shard in self._shards]
+        per_shard = []
+        for i, ref in enumerate(refs):
+            try:
+                per_shard.append(ray.get(ref, timeout=self._shard_timeout_s))
+            except _SHARD_ERRORS as error:
+                per_shard.append({"shard": i, "error": repr(error)})
+        up = [s for s in per_shard if "error" not in s]
+        stats: dict[str, Any] = {key: sum(s[key] for s in up) for key in _SUMMED_STATS}
+        stats.update(num_shards=len(self._shards), shards_up=len(up), shards=per_shard)
+        if self._limiter is not None:
+            state, ratio = ray.get([self._limiter.state.remote(), self._limiter.ratio.remote()])
+            stats.update(limiter=state, replay_ratio=ratio)
+        else:
+            stats["replay_ratio"] = stats["sampled_steps"] / max(stats["inserted_steps"], 1)
+        return stats
+
+    def ids(self) -> list[str]:
+        """Chunk ids stored on all shards (raises if a shard is unreachable)."""
+        return [i for ids in ray.get([s.ids.remote() for s in self._shards]) for i in ids]
+
+    def close(self) -> None:
+        """Release everyone waiting on the limiter; later inserts and samples return None."""
+        if self._limiter is not None:
+            ray.get(self._limiter.close.remote())
+
+    def _sample(
+        self, batch_size: int, seq_len: int, with_keys: bool
+    ) -> tuple[Batch, np.ndarray | None] | None:
+        if not _granted(self._request_grant(batch_size * seq_len)):
+            return None
+        return self._collect(self._submit(batch_size, seq_len, with_keys))
+
+    def _request_grant(self, n_steps: int) -> ray.ObjectRef | bool:
+        return True if self._limiter is None else self._limiter.acquire_sample.remote(n_steps)
+
+    def _submit(self, batch_size: int, seq_len: int, with_keys: bool) -> _Request:
+        """Split the batch over live shards by their last reported sequence counts and send the calls.
+
+        Every live shard gets a call, even for zero rows, so its count stays fresh."""
+        live = np.flatnonzero(self._down_until <= time.monotonic())
+        if live.size == 0:
+            live = np.arange(len(self._shards))
+        if seq_len != self._sequences_len or self._sequences[live].sum() == 0:
+            self._refresh_sequences(live, seq_len)
+        counts = _split(batch_size, self._sequences[live], self._rng)
+        parts = [
+            (i, self._shards[i].sample_part.remote(int(c), seq_len, with_keys))
+            for i, c in zip(live.tolist(), counts)
+        ]
+        return _Request(batch_size, seq_len, with_keys, parts)
+
+    def _refresh_sequences(self, shards: np.ndarray, seq_len: int) -> None:
+        refs = [(i, self._shards[i].num_sequences.remote(seq_len)) for i in shards.tolist()]
+        self._sequences[:] = 0
+        self._sequences_len = seq_len
+        for i, ref in refs:
+            try:
+                self._sequences[i] = ray.get(ref, timeout=self._shard_timeout_s)
+            except _SHARD_ERRORS:
+                self._mark_down(i)
+
+    def _collect(self, request: _Request) -> tuple[Batch, np.ndarray | None] | None:
+        """Gather a request's parts; rows of failed shards are re-drawn from shards that answered."""
+        pieces: list[tuple[int, ShardSample]] = []
+        missing = request.batch_size
+        failed: set[int] = set()
+        parts = request.parts
+        while True:
+            deadline = time.monotonic() + self._shard_timeout_s
+            for i, ref in parts:
+                part = self._result(i, ref, deadline)
+                if part is None:
+                    failed.add(i)
+                    continue
+                self._sequences[i] = part.num_sequences
+                if part.batch is not None:
+                    pieces.append((i, part))
+                    missing -= len(part.batch[WEIGHT_VERSION])
+            if missing == 0:
+                return _concat(pieces, request.with_keys)
+            donors = np.array([i for i, _ in parts if i not in failed and self._sequences[i] > 0], int)
+            if donors.size == 0:
+                return None
+            counts = _split(missing, self._sequences[donors], self._rng)
+            parts = [
+                (i, self._shards[i].sample_part.remote(int(c), request.seq_len, request.with_keys))
+                for i, c in zip(donors.tolist(), counts)
+                if c
+            ]
+
+    def _result(self, shard: int, ref: ray.ObjectRef, deadline: float) -> ShardSample | None:
+        try:
+            part = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
+        except _SHARD_ERRORS:
+            self._mark_down(shard)
+            return None
+        self._down_for[shard] = self._retry_backoff_s
+        return part
+
+    def _mark_down(self, shard: int) -> None:
+        self._down_until[shard] = time.monotonic() + self._down_for[shard]
+        self._down_for[shard] = min(2 * self._down_for[shard], _MAX_BACKOFF_S)
+
+
+class Sampler:
+    """Iterator of batches prepared by a background thread, so next() returns at once whenever the
+    replay ratio allows another batch: the thread keeps ``prefetch`` requests in flight (waiting for a
+    limiter grant, or at the shards) plus one finished batch, and its RPCs and concatenation overlap
+    with the learner's GPU work.
+
+    Yields batches, or (batch, keys) with with_keys. Stops when the limiter is closed or after
+    close(); an error in the thread is raised by the next call. Grants still unused at close() are
+    counted as sampled by the limiter.
+    """
+
+    def __init__(
+        self,
+        service: ReplayService,
+        batch_size: int,
+        seq_len: int,
+        prefetch: int = 2,
+        with_keys: bool = False,
+    ) -> None:
+        self._pipeline = _Pipeline(service, batch_size, seq_len, prefetch, with_keys)
+        self._ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replay-sampler", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Sampler:
+        return self
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting for a grant or at the shards (the ready batch not included)."""
+        return self._pipeline.in_flight
+
+    def __next__(self) -> Batch | tuple[Batch, np.ndarray]:
+        while not self._stop.is_set():
+            try:
+                item = self._ready.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END or isinstance(item, BaseException):
+                self._stop.set()
+                if item is _END:
+                    break
+                raise item
+            return item
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the thread and cancel the grant requests still waiting at the limiter."""
+        self._stop.set()
+        self._pipeline.cancel()  # unblocks a thread waiting for a grant
+        self._thread.join()
+        self._pipeline.cancel()  # and whatever it requested meanwhile
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                result = self._pipeline.next()
+                if result is None:
+                    break
+                self._put(result if self._pipeline.with_keys else result[0])
+        except BaseException as error:  # handed to the learner, not lost with the thread
+            self._put(error)
+            return
+        self._put(_END)
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+
+class _Pipeline:
+    """Single-threaded core of Sampler: requests pass from limiter grant to shard calls to a batch.
+
+    Only granted requests are sent to the shards, so shard calls never queue behind a learner that
+    has to wait for the ratio.
+    """
+
+    def __init__(
+        self, service: ReplayService, batch_size: int, seq_len: int, prefetch: int, with_keys: bool
+    ) -> None:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self._service = service
+        self._batch_size = batch_size
+        self._seq_len = seq_len
+        self._prefetch = prefetch
+        self.with_keys = with_keys
+        self._grants: deque[ray.ObjectRef | bool] = deque()
+        self._requests: deque[_Request] = deque()
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._grants) + len(self._requests)
+
+    def next(self) -> tuple[Batch, np.ndarray | None] | None:
+        """The oldest request's batch, waiting for its grant and, if no shard holds a full sequence
+        yet, for data (under the same grant, so waiting does not count as sampling); None once closed."""
+        self._advance(block=not self._requests)
+        if not self._requests:
+            return None
+        request = self._requests.popleft()
+        self._advance(block=False)  # back to prefetch requests while this one is collected
+        result = self._service._collect(request)
+        while result is None and not self._closed:
+            time.sleep(_NO_DATA_WAIT_S)
+            retry = self._service._submit(request.batch_size, request.seq_len, request.with_keys)
+            result = self._service._collect(retry)
+        return result
+
+    def cancel(self) -> None:
+        self._closed = True
+        for grant in list(self._grants):
+            if isinstance(grant, ray.ObjectRef):
+                ray.cancel(grant)
+
+    def _advance(self, block: bool) -> None:
+        """Top up to prefetch requests, then send granted ones to the shards; with block, first wait
+        for the oldest grant, in short polls so that cancel() from another thread is noticed."""
+        while not self._closed and self.in_flight < self._prefetch:
+            self._grants.append(self._service._request_grant(self._batch_size * self._seq_len))
+        while self._grants and not self._closed:
+            if not _done(self._grants[0], _POLL_S if block else 0.0):
+                if block:
+                    continue
+                return
+            block = False
+            if not _granted(self._grants.popleft()):
+                self._closed = True  # the limiter was closed
+                self._grants.clear()
+                self._requests.clear()
+                return
+            self._requests.append(self._service._submit(self._batch_size, self._seq_len, self.with_keys))
+
+
+def _done(grant: ray.ObjectRef | bool, timeout: float) -> bool:
+    return not isinstance(grant, ray.ObjectRef) or bool(ray.wait([grant], timeout=timeout)[0])
+
+
+def _granted(grant: ray.ObjectRef | bool) -> bool:
+    return grant if isinstance(grant, bool) else bool(ray.get(grant))
+
+
+def _split(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integer shares of total proportional to weights, each the floor or ceiling of its exact share,
+    with expectation exactly total * w / sum(w) (systematic sampling); all zero if weights sum to 0."""
+    weights = np.asarray(weights, np.float64)
+    if weights.sum() <= 0:
+        return np.zeros(weights.size, np.int64)
+    edges = np.concatenate([[0.0], np.cumsum(weights) / weights.sum() * total])
+    return np.diff(np.ceil(edges - rng.random()).astype(np.int64).clip(0, total))
+
+
+def _concat(pieces: list[tuple[int, ShardSample]], with_keys: bool) -> tuple[Batch, np.ndarray | None]:
+    """One writable batch from the shards' parts; keys gain their shard index in the high bits."""
+    batches = [part.batch for _, part in pieces]
+    batch = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+    if not with_keys:
+        return batch, None
+    return batch, np.concatenate([part.keys + (i << _KEY_SHARD_SHIFT) for i, part in pieces])
