@@ -55,7 +55,8 @@ class Agent:
         feat = [self.world_model.rssm.deter, self.world_model.rssm.latent_dim]
         self.actor_critic = ActorCritic(feat, act_spec, config).to(self.device)
         wm, bh = config.world_model, config.behavior
-        fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
+        # fused: one kernel per step, and it can skip a non-finite step without a host sync
+        fused = {"fused": True}
         self.wm_opt = torch.optim.Adam(self.world_model.parameters(), lr=wm.lr, eps=wm.eps, **fused)
         self.ac_opt = torch.optim.Adam(
             [
@@ -107,7 +108,9 @@ class Agent:
             wm_loss, metrics, posterior = self.world_model.loss(data)
         self.wm_opt.zero_grad(set_to_none=True)
         wm_loss.backward()
-        metrics["world_model/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.world_model.grad_clip)
+        wm_norm = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.world_model.grad_clip)
+        metrics["world_model/grad_norm"] = wm_norm
+        wm_bad = self._skip_if_nonfinite(self.wm_opt, wm_norm)
         self.wm_opt.step()
 
         with self._autocast():
@@ -115,13 +118,24 @@ class Agent:
         self.ac_opt.zero_grad(set_to_none=True)
         ac_loss.backward(inputs=self._ac_params)
         clip = self.config.behavior.grad_clip
-        metrics["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_critic.actor.parameters(), clip)
-        metrics["critic/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_critic.critic.parameters(), clip)
+        actor_norm = torch.nn.utils.clip_grad_norm_(self.actor_critic.actor.parameters(), clip)
+        critic_norm = torch.nn.utils.clip_grad_norm_(self.actor_critic.critic.parameters(), clip)
+        metrics["actor/grad_norm"], metrics["critic/grad_norm"] = actor_norm, critic_norm
+        ac_bad = self._skip_if_nonfinite(self.ac_opt, actor_norm + critic_norm)
         self.ac_opt.step()
         self.actor_critic.update_slow_critic()
         self.updates += 1
         metrics.update(ac_metrics)
+        metrics["train/nonfinite"] = torch.maximum(wm_bad, ac_bad)
         return metrics
+
+    @staticmethod
+    def _skip_if_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -> Tensor:
+        """Make the fused optimizer skip its next step when the gradient is NaN/inf, on the device
+        and without a host sync (the mechanism AMP's grad scaler uses). Returns the skip flag."""
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        optimizer.found_inf = found_inf
+        return found_inf
 
     # ---------------------------------------------------------------- weights
     def policy_weights(self) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class ReturnNormalizer(torch.nn.Module):
     def update(self, returns: Tensor) -> None:
         flat = returns.detach().float().flatten()
         q = torch.quantile(flat, torch.tensor([self.low, self.high], device=flat.device))
+        q = torch.where(torch.isfinite(q), q, torch.stack([self.lo, self.hi]))  # a NaN batch changes nothing
         self.lo.lerp_(q[0], 1.0 - self.decay)
         self.hi.lerp_(q[1], 1.0 - self.decay)
 

@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` (a real training run) and `make test`.
+# Each creates .venv when it is missing and installs what it needs: torch 2.13.0 first (the CPU
+# wheel on our machines; a newer pin or a plain `torch` would pull a multi-GB CUDA build), then
+# the project with its extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS := dev,atari,crafter,metaworld,video
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/harmonyray train --config cartpole
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,175 @@
+"""EnvRunner: a Ray actor that collects experience with the latest policy and feeds the replay.
+
+The env loop never waits for the network: chunks go to a bounded queue that a sender thread
+drains into the replay service (so a full queue, i.e. the rate limiter holding runners back, is
+the only thing that pauses collection), and new weights are polled with a non-blocking check.
+Until the first weights arrive the runner acts uniformly at random, which is the prefill.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from actors.collector import Chunk, Collector, Episode
+from actors.envs import make_env
+from actors.policy import AgentPolicy, RandomPolicy
+from actors.specs import specs_from_spaces
+from learner.agent import Agent
+from learner.config import AgentConfig
+
+
+class EnvRunner:
+    def __init__(
+        self,
+        index: int,
+        env_name: str,
+        env_options: dict[str, Any],
+        num_envs: int,
+        chunk_length: int,
+        seed: int,
+        agent_config: AgentConfig,
+        replay: Any,
+        board: Any,
+        poll_every: int = 64,
+        queue_chunks: int = 4,
+    ):
+        torch.set_num_threads(1)
+        torch.manual_seed(seed + 7919 * index)
+        restarts = iter(range(1, 1 << 30))
+
+        def remake(i: int):  # a fresh seed, so a crash is not replayed deterministically
+            return make_env(env_name, seed=seed + 1000 * index + i + 100_000 * next(restarts), **env_options)
+
+        envs = [make_env(env_name, seed=seed + 1000 * index + i, **env_options) for i in range(num_envs)]
+        obs_spec, act_spec = specs_from_spaces(envs[0].observation_space, envs[0].action_space)
+        self.index = index
+        self.agent = Agent(obs_spec, act_spec, agent_config, device="cpu")
+        self.collector = Collector(envs, chunk_length, f"runner{index}", remake=remake)
+        self.explore = RandomPolicy(envs[0].action_space, seed + index)
+        self.policy = AgentPolicy(self.agent)
+        self.replay, self.board = replay, board
+        self.poll_every = poll_every
+        self.version = 0  # 0: no weights yet, act randomly
+        self._pending_poll: ray.ObjectRef | None = None
+        self._outbox: queue.Queue[Chunk | None] = queue.Queue(maxsize=queue_chunks)
+        self._lock = threading.Lock()
+        self._episodes: deque[Episode] = deque(maxlen=1000)
+        self._inserted_ids: list[str] = []
+        self._insert_error: str | None = None
+        self._stop = threading.Event()
+        self._steps_at_last_stats, self._time_at_last_stats = 0, time.perf_counter()
+        self._sender = threading.Thread(target=self._send_chunks, daemon=True)
+        self._sender.start()
+
+    def run(self, max_steps: int | None = None) -> int:
+        """Collect until stopped (or max_steps); returns the env steps taken."""
+        while not self._stop.is_set() and (max_steps is None or self.collector.env_steps < max_steps):
+            policy = self.policy if self.version > 0 else self.explore
+            chunks, episodes = self.collector.step(policy, self.version)
+            with self._lock:
+                self._episodes.extend(episodes)
+            for chunk in chunks:
+                while not self._stop.is_set():
+                    try:
+                        self._outbox.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+            if self.collector.env_steps % self.poll_every < len(self.collector.envs):
+                self._poll_weights()
+            if self._insert_error:
+                raise RuntimeError(f"runner {self.index}: replay insert failed: {self._insert_error}")
+        return self.collector.env_steps
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the last call: env steps/s, finished episodes, weight version."""
+        now = time.perf_counter()
+        with self._lock:
+            episodes = list(self._episodes)
+            self._episodes.clear()
+            inserted = len(self._inserted_ids)
+        steps = self.collector.env_steps
+        rate = (steps - self._steps_at_last_stats) / max(now - self._time_at_last_stats, 1e-9)
+        self._steps_at_last_stats, self._time_at_last_stats = steps, now
+        return {
+            "runner": self.index,
+            "env_steps": steps,
+            "env_steps_per_s": rate,
+            "weight_version": self.version,
+            "chunks_inserted": inserted,
+            "queued_chunks": self._outbox.qsize(),
+            "env_restarts": self.collector.env_restarts,
+            "dropped_episodes": self.collector.dropped_episodes,
+            "episodes": [(e.ret, e.length, e.stats) for e in episodes],
+        }
+
+    def where(self) -> str:
+        """The Ray node this actor runs on (for the driver's placement report)."""
+        return ray.get_runtime_context().get_node_id()
+
+    def inserted_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._inserted_ids)
+
+    def stop(self) -> None:
+        """Stop collecting; `run` returns after its current step."""
+        self._stop.set()
+
+    def flush(self, timeout: float = 60.0) -> int:
+        """Insert the chunks still queued (the learner must still be sampling, or the limiter may
+        hold them back), then end the sender. Returns the chunks left unsent (never acknowledged)."""
+        deadline = time.monotonic() + timeout
+        while self._sender.is_alive() and time.monotonic() < deadline:
+            try:
+                self._outbox.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self._sender.join(timeout=max(0.0, deadline - time.monotonic()))
+        return self._outbox.qsize()
+
+    def _poll_weights(self) -> None:
+        if self._pending_poll is None:
+            self._pending_poll = self.board.latest.remote(self.version)
+            return
+        ready, _ = ray.wait([self._pending_poll], timeout=0)
+        if not ready:
+            return
+        published = ray.get(self._pending_poll)
+        self._pending_poll = None
+        if published is not None:
+            version, (ref,) = published
+            self.agent.load_policy_weights(ray.get(ref))
+            self.version = version
+
+    def _send_chunks(self) -> None:
+        while True:
+            chunk = self._outbox.get()
+            if chunk is None:
+                return
+            try:
+                ack = self.replay.insert(chunk.data, chunk.stream, chunk.chunk_id, chunk.weight_version)
+            except Exception as error:  # surfaced by run() in the actor's main thread
+                self._insert_error = repr(error)
+                return
+            if ack is not None:
+                with self._lock:
+                    self._inserted_ids.append(chunk.chunk_id)
+
+
+def summarize_episodes(episodes: list[tuple[float, int, dict[str, float]]]) -> dict[str, float]:
+    """Mean return, length and env-specific stats over a list of finished episodes."""
+    if not episodes:
+        return {}
+    out = {"episode/return": float(np.mean([e[0] for e in episodes])), "episode/length": float(np.mean([e[1] for e in episodes])), "episode/count": float(len(episodes))}
+    keys = sorted({k for e in episodes for k in e[2]})
+    for key in keys:
+        out[f"episode/{key}"] = float(np.mean([e[2].get(key, 0.0) for e in episodes]))
+    return out

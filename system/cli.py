@@ -1,0 +1,63 @@
+"""`harmonyray train | resume | eval`: the command line.
+
+Anything the user must fix (config, environment, checkpoint, cluster) ends with one line on
+stderr and exit code 2; nothing is written for a run that could not start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from actors.envs import MissingDependencyError, UnknownEnvError
+from learner.spaces import ObservationShapeError
+from system.checkpoint import CheckpointError
+from system.cluster import ClusterError
+from system.config import ConfigError, load_config
+
+USER_ERRORS = (ConfigError, UnknownEnvError, MissingDependencyError, ObservationShapeError, CheckpointError, ClusterError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="harmonyray", description="Distributed HarmonyDream world-model training on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_p = sub.add_parser("train", help="start a run from a preset or YAML file")
+    train_p.add_argument("--config", required=True, help="preset name (configs/NAME.yaml) or a YAML path")
+    train_p.add_argument("--logdir", help="run directory (default: run.logdir)")
+    train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train_p.add_argument("overrides", nargs="*", help="key=value, e.g. run.steps=20000 agent.harmony.mode=off")
+    resume_p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume_p.add_argument("logdir")
+    resume_p.add_argument("--no-progress", action="store_true")
+    resume_p.add_argument("overrides", nargs="*", help="key=value, e.g. run.steps=60000 to extend the run")
+    eval_p = sub.add_parser("eval", help="greedy evaluation episodes with a run's last checkpoint")
+    eval_p.add_argument("logdir")
+    eval_p.add_argument("--episodes", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as error:
+        print(f"harmonyray: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from system import driver  # Ray and torch load only once the arguments are valid
+
+    if args.command == "train":
+        config = load_config(args.config, args.overrides)
+        summary = driver.train(config, args.logdir, progress=not args.no_progress)
+    elif args.command == "resume":
+        summary = driver.resume(args.logdir, args.overrides, progress=not args.no_progress)
+    else:
+        result = driver.evaluate_logdir(Path(args.logdir), args.episodes)
+        print(json.dumps(result))
+        return 0
+    print(json.dumps(summary.__dict__))
+    print(f"metrics: {Path(summary.logdir) / 'metrics.jsonl'} (W&B files under {Path(summary.logdir) / 'wandb'})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

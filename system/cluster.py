@@ -1,0 +1,66 @@
+"""Starting or joining a Ray cluster, and where each role's actors go."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from system.config import Config, RayConfig
+
+
+class ClusterError(RuntimeError):
+    """Ray cannot be started or reached as configured."""
+
+
+def start_ray(config: RayConfig) -> None:
+    """The embedded local cluster (token authentication on, Ray's default for `ray.init()`), or
+    an existing one at `config.address`. The dashboard stays off unless asked for, and then binds
+    to 127.0.0.1 only."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        raise ClusterError("RAY_AUTH_MODE=disabled: HarmonyRay does not run Ray without token authentication; unset it")
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"include_dashboard": config.dashboard, "log_to_driver": True}
+    if config.dashboard:
+        options["dashboard_host"] = "127.0.0.1"
+    try:
+        if config.address:
+            ray.init(address=config.address, **{k: v for k, v in options.items() if k == "log_to_driver"})
+        else:
+            ray.init(num_cpus=config.num_cpus, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = config.address or "the embedded cluster"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ClusterError(f"cannot start or reach Ray at {where}: {first}") from None
+
+
+def has_gpu() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def learner_options(config: Config) -> dict[str, Any]:
+    num_gpus = config.learner.num_gpus
+    if num_gpus < 0:
+        num_gpus = 1.0 if has_gpu() else 0.0
+    if num_gpus > 0 and ray.cluster_resources().get("GPU", 0) < num_gpus:
+        raise ClusterError(f"learner.num_gpus={num_gpus} but the cluster has no GPU: set learner.num_gpus=-1 (auto) or 0")
+    if config.agent.device.startswith("cuda") and num_gpus == 0:
+        raise ClusterError("agent.device asks for CUDA but the learner gets no GPU: set learner.num_gpus=1 on a GPU cluster, or agent.device=auto")
+    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": config.learner.num_cpus, "max_concurrency": 4}
+    if config.learner.resources:
+        options["resources"] = dict(config.learner.resources)
+    return options
+
+
+def runner_options(config: Config) -> dict[str, Any]:
+    """Runners spread over the nodes that have the resources they ask for."""
+    options: dict[str, Any] = {
+        "num_cpus": config.runners.num_cpus,
+        "max_concurrency": 4,
+        "max_restarts": config.runners.max_restarts,
+        "scheduling_strategy": "SPREAD",
+    }
+    if config.runners.resources:
+        options["resources"] = dict(config.runners.resources)
+    return options

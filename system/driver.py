@@ -1,0 +1,309 @@
+"""The run driver: the whole system's wiring in one place.
+
+    runners (actors/) --chunks--> replay shards (replay/) --batches--> learner (learner/)
+        ^                                                                  |
+        +---------------- weight board <--- ray.put(weights) -------------+
+
+The driver starts Ray, places the actors, then watches: it logs metrics, writes checkpoints,
+restarts what crashed, and stops everything once `run.steps` env steps are collected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from tqdm import tqdm
+
+from actors.envs import UnknownEnvError, make_env
+from actors.evaluator import Evaluator
+from actors.runner import EnvRunner, summarize_episodes
+from actors.specs import specs_from_spaces
+from learner.agent import Agent
+from learner.broadcast import make_weight_board
+from learner.learner_actor import Learner
+from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
+from replay import ReplayService, make_limiter_actor, min_tolerance
+from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+from system.cluster import learner_options, runner_options, start_ray
+from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
+from system.metrics import MetricsLogger
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunSummary:
+    logdir: str
+    env_steps: int
+    updates: int
+    replay_ratio: float
+    eval_return: float | None
+    seconds: float
+
+
+def make_logdir(config: Config, logdir: str | None) -> Path:
+    template = logdir or config.run.logdir
+    path = Path(template.format(preset=config.preset, time=datetime.now().strftime("%Y%m%d-%H%M%S")))
+    if (path / CONFIG_FILE).exists():
+        raise ConfigError(f"logdir {path} already holds a run: use `harmonyray resume {path}` or another --logdir")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(to_yaml(config))
+    return path
+
+
+def load_run_config(logdir: Path) -> Config:
+    path = Path(logdir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{logdir} is not a HarmonyRay run directory (no {CONFIG_FILE})")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def probe_env(config: Config) -> tuple[ObservationSpec, ActionSpec]:
+    """Build the environment once here, so a bad name or option fails before any actor starts."""
+    try:
+        env = make_env(config.env.name, seed=config.run.seed, **config.env.options)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, (UnknownEnvError, ObservationShapeError)):
+            raise
+        raise ConfigError(f"env {config.env.name}: {str(error).splitlines()[0]}") from None
+    try:
+        return specs_from_spaces(env.observation_space, env.action_space)
+    finally:
+        env.close()
+
+
+class Run:
+    """One training run (new or resumed) on a started Ray cluster."""
+
+    def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool = True):
+        self.config, self.logdir, self.progress = config, logdir, progress
+        self.checkpoint = latest_checkpoint(logdir) if resume else None
+        self.obs_spec, self.act_spec = probe_env(config)
+        if self.checkpoint and self.checkpoint.get("model") != self._model_signature():
+            raise CheckpointError(
+                f"the checkpoint in {logdir} was written for another model or environment "
+                f"({self.checkpoint.get('model')}); resume with the run's own config or start a new run"
+            )
+        counters = self.checkpoint["counters"] if self.checkpoint else {}
+        self.env_steps_base = int(counters.get("env_steps", 0))
+        self.episodes_base = int(counters.get("episodes", 0))
+        self.runner_steps: dict[int, int] = {}  # per runner, steps of earlier incarnations
+        self.last_seen: dict[int, int] = {}  # per runner, steps its current incarnation reported
+        self.logger: MetricsLogger | None = None
+
+    def _model_signature(self) -> dict[str, Any]:
+        """What a checkpoint's tensors depend on: network sizes and observation/action shapes."""
+        return {
+            "dims": self.config.agent.model.resolved(),
+            "reward_bins": self.config.agent.model.reward_bins,
+            "observations": {k: list(v) for k, v in self.obs_spec.shapes.items()},
+            "actions": [self.act_spec.kind, list(self.act_spec.sizes)],
+        }
+
+    def execute(self) -> RunSummary:
+        config, train = self.config, self.config.train
+        start = time.perf_counter()
+        batch_steps = train.batch_size * train.seq_len
+        tolerance = max(train.tolerance * batch_steps, min_tolerance(train.train_ratio, config.runners.chunk_length, batch_steps))
+        self.limiter = make_limiter_actor(train.train_ratio, train.prefill, tolerance, config.runners.chunk_length, batch_steps, name=None)
+        if self.checkpoint:
+            ray.get(self.limiter.load_state.remote(self.checkpoint["limiter"]))
+        self.replay = ReplayService.create(
+            config.replay.shards, str(self.logdir / "replay"), config.replay.capacity,
+            limiter=self.limiter, mode=config.replay.sampling, seed=config.run.seed,
+        )
+        self.board = make_weight_board()
+        self.learner = ray.remote(Learner).options(**learner_options(config)).remote(
+            self.obs_spec, self.act_spec, config.agent, self.replay, self.board,
+            train.batch_size, train.seq_len, train.publish_every, train.prefetch,
+            config.learner.threads or int(max(1, config.learner.num_cpus)), config.run.max_nonfinite_updates,
+            self.checkpoint["agent"] if self.checkpoint else None,
+        )
+        self.runners = [self._make_runner(i) for i in range(config.runners.count)]
+        self._report_placement()
+        self.logger = MetricsLogger(self.logdir, config.wandb, dataclasses.asdict(config), name=self.logdir.name)
+        learner_ref = self.learner.run.remote()
+        runner_refs = {i: r.run.remote() for i, r in enumerate(self.runners)}
+        try:
+            env_steps, updates, ratio = self._watch(learner_ref, runner_refs, start)
+        finally:
+            stopped = self._shutdown(runner_refs, learner_ref)
+        env_steps, updates, ratio = stopped or (env_steps, updates, ratio)
+        eval_return = self._evaluate(env_steps)
+        self.logger.close()
+        return RunSummary(str(self.logdir), env_steps, updates, ratio, eval_return, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ setup
+    def _make_runner(self, index: int) -> ray.actor.ActorHandle:
+        config = self.config
+        return ray.remote(EnvRunner).options(**runner_options(config)).remote(
+            index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
+            config.run.seed, config.agent, self.replay, self.board,
+        )
+
+    def _report_placement(self) -> None:
+        learner_node = ray.get(self.learner.where.remote())
+        runner_nodes = ray.get([r.where.remote() for r in self.runners])
+        device = ray.get(self.learner.device.remote())
+        lines = [f"learner on node {learner_node[:8]} ({device})"]
+        lines += [f"runner {i} on node {node[:8]}" for i, node in enumerate(runner_nodes)]
+        lines += [f"replay shard {i} on node {node[:8]}" for i, node in enumerate(self._shard_nodes())]
+        print("placement:\n  " + "\n  ".join(lines), file=sys.stderr, flush=True)
+        self.placement = {"learner": learner_node, "runners": runner_nodes, "shards": self._shard_nodes(), "learner_device": device}
+
+    def _shard_nodes(self) -> list[str]:
+        return [s.get("node_id", "?") for s in self.replay.stats()["shards"]]
+
+    # ------------------------------------------------------------------ watch
+    def _watch(self, learner_ref: ray.ObjectRef, runner_refs: dict[int, ray.ObjectRef], start: float) -> tuple[int, int, float]:
+        config = self.config
+        bar = tqdm(total=config.run.steps, initial=self.env_steps_base, unit="step", disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
+        next_log = next_ckpt = time.perf_counter()
+        next_ckpt += config.run.checkpoint_every
+        env_steps, updates, ratio = self.env_steps_base, 0, 0.0
+        while True:
+            time.sleep(min(1.0, config.run.log_every))
+            self._check_actors(learner_ref, runner_refs)
+            now = time.perf_counter()
+            if now < next_log:
+                continue
+            next_log = now + config.run.log_every
+            row, env_steps, updates, ratio = self._collect_metrics()
+            self.logger.log(env_steps, row)
+            bar.update(env_steps - bar.n)
+            bar.set_postfix(ret=f"{row.get('episode/return', float('nan')):.1f}", upd=updates, ratio=f"{ratio:.0f}")
+            if now >= next_ckpt:
+                self._save_checkpoint(env_steps)
+                next_ckpt = now + config.run.checkpoint_every
+            if env_steps >= config.run.steps:
+                break
+        bar.close()
+        return env_steps, updates, ratio
+
+    def _collect_metrics(self) -> tuple[dict[str, Any], int, int, float]:
+        runner_stats = ray.get([r.stats.remote() for r in self.runners])
+        learner_stats = ray.get(self.learner.stats.remote())
+        replay_stats = self.replay.stats()
+        for s in runner_stats:
+            self.runner_steps.setdefault(s["runner"], 0)
+            self.last_seen[s["runner"]] = s["env_steps"]
+        env_steps = self.env_steps_base + sum(s["env_steps"] + self.runner_steps[s["runner"]] for s in runner_stats)
+        episodes = [e for s in runner_stats for e in s["episodes"]]
+        self.episodes_base += len(episodes)
+        ratio = float(replay_stats.get("replay_ratio", 0.0))
+        versions = [s["weight_version"] for s in runner_stats]
+        row = {
+            **learner_stats,
+            **summarize_episodes(episodes),
+            "runner/env_steps_per_s": sum(s["env_steps_per_s"] for s in runner_stats),
+            "runner/env_restarts": sum(s["env_restarts"] for s in runner_stats),
+            "runner/dropped_episodes": sum(s["dropped_episodes"] for s in runner_stats),
+            "runner/min_weight_version": min(versions),
+            "runner/max_weight_version": max(versions),
+            "replay/size": replay_stats.get("size", 0),
+            "replay/ratio": ratio,
+            "replay/shards_up": replay_stats.get("shards_up", 0),
+            "replay/inserted_steps": replay_stats.get("limiter", {}).get("inserted", 0),
+            "replay/sampled_steps": replay_stats.get("limiter", {}).get("sampled", 0),
+            "episodes": self.episodes_base,
+        }
+        return row, env_steps, int(learner_stats.get("learner/updates", 0)), ratio
+
+    def _check_actors(self, learner_ref: ray.ObjectRef, runner_refs: dict[int, ray.ObjectRef]) -> None:
+        """A finished learner loop is an error before the end; a crashed runner is restarted by Ray
+        and put back to work here, its earlier steps kept in the count."""
+        done, _ = ray.wait([learner_ref], timeout=0)
+        if done:
+            ray.get(learner_ref)  # raises the learner's error
+            raise RuntimeError("the learner stopped before the run ended")
+        for index, ref in list(runner_refs.items()):
+            done, _ = ray.wait([ref], timeout=0)
+            if not done:
+                continue
+            try:
+                steps = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                steps = None
+            if steps is not None:
+                raise RuntimeError(f"runner {index} stopped before the run ended")
+            print(f"runner {index} crashed; Ray restarts it and it resumes with the current weights", file=sys.stderr)
+            self.runner_steps[index] = self.runner_steps.get(index, 0) + self.last_seen.pop(index, 0)
+            runner_refs[index] = self.runners[index].run.remote()
+
+    # --------------------------------------------------------------- shutdown
+    def _shutdown(self, runner_refs: dict[int, ray.ObjectRef], learner_ref: ray.ObjectRef) -> tuple[int, int, float] | None:
+        """Stop runners (they flush their queued chunks), release the learner, final checkpoint."""
+        learner_failed = bool(ray.wait([learner_ref], timeout=0)[0])
+        if learner_failed:  # nobody samples any more: release runners waiting on the limiter
+            ray.get(self.limiter.close.remote())
+        ray.get([r.stop.remote() for r in self.runners])
+        ray.wait(list(runner_refs.values()), num_returns=len(runner_refs), timeout=60)
+        ray.get([r.flush.remote() for r in self.runners])  # the learner still samples meanwhile
+        ray.get(self.limiter.close.remote())
+        self.learner.stop.remote()
+        try:
+            ray.get(learner_ref, timeout=120)
+        except Exception as error:  # reported, but the checkpoint below still saves what is there
+            print(f"learner: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
+        row, env_steps, updates, ratio = self._collect_metrics()
+        self.logger.log(env_steps, row)
+        self._save_checkpoint(env_steps)
+        return env_steps, updates, ratio
+
+    def _save_checkpoint(self, env_steps: int) -> None:
+        state = {
+            "agent": ray.get(self.learner.checkpoint_state.remote()),
+            "limiter": ray.get(self.limiter.state.remote()),
+            "counters": {"env_steps": env_steps, "episodes": self.episodes_base},
+            "model": self._model_signature(),
+        }
+        save_checkpoint(self.logdir, env_steps, state, self.config.run.keep_checkpoints)
+
+    def _evaluate(self, env_steps: int) -> float | None:
+        config = self.config
+        if config.run.eval_episodes <= 0:
+            return None
+        weights = ray.get(self.learner.policy_weights.remote())
+        evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent)
+        result = ray.get(evaluator.evaluate.remote(weights, config.run.eval_episodes))
+        row = {f"eval/{k}": v for k, v in result.items()}
+        self.logger.log(env_steps, row)
+        return result.get("return")
+
+
+def train(config: Config, logdir: str | None = None, progress: bool = True) -> RunSummary:
+    probe_env(config)  # a bad environment fails here, before the logdir exists
+    path = make_logdir(config, logdir)
+    start_ray(config.ray)
+    return Run(config, path, resume=False, progress=progress).execute()
+
+
+def resume(logdir: str, overrides: list[str] | None = None, progress: bool = True) -> RunSummary:
+    path = Path(logdir)
+    config = load_run_config(path)
+    if overrides:
+        config = apply_overrides(config, overrides)
+    start_ray(config.ray)
+    return Run(config, path, resume=True, progress=progress).execute()
+
+
+def evaluate_logdir(logdir: Path, episodes: int | None = None) -> dict[str, float]:
+    """Greedy episodes with the weights of a run's last checkpoint."""
+    config = load_run_config(logdir)
+    checkpoint = latest_checkpoint(logdir)
+    if checkpoint is None:
+        raise CheckpointError(f"{logdir} has no checkpoint to evaluate")
+    obs_spec, act_spec = probe_env(config)
+    agent = Agent(obs_spec, act_spec, config.agent, device="cpu")
+    agent.world_model.load_state_dict(checkpoint["agent"]["world_model"])
+    agent.actor_critic.load_state_dict(checkpoint["agent"]["actor_critic"])
+    agent.updates = int(checkpoint["agent"]["updates"])
+    evaluator = Evaluator(config.env.name, dict(config.env.options), config.run.seed + 20_000, config.agent)
+    return evaluator.evaluate(agent.policy_weights(), episodes or config.run.eval_episodes)

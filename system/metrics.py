@@ -1,0 +1,74 @@
+"""Metrics sinks: LOGDIR/metrics.jsonl always, Weights & Biases when enabled.
+
+One call, one row: `log(step, values)` writes a JSON object with `step` to the file and the same
+values to W&B. W&B defaults to offline unless an API key is in the environment; the key itself is
+read by wandb from the environment or its netrc and never passes through our code or logs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from system.config import WandbConfig
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def wandb_mode(config: WandbConfig) -> str:
+    if config.mode != "auto":
+        return config.mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class MetricsLogger:
+    def __init__(self, logdir: Path, config: WandbConfig, run_config: dict[str, Any], name: str):
+        self.path = Path(logdir) / "metrics.jsonl"
+        self._file = self.path.open("a", buffering=1)
+        self._wandb = None
+        mode = wandb_mode(config)
+        if mode != "disabled":
+            import wandb
+
+            id_file = Path(logdir) / RUN_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+            id_file.write_text(run_id)
+            self._wandb = wandb.init(
+                project=config.project, entity=config.entity, group=config.group, name=name,
+                id=run_id, resume="allow", mode=mode, dir=str(logdir), config=run_config,
+            )
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return self._wandb.dir if self._wandb is not None else None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": int(step), **{k: _clean(v) for k, v in values.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=int(step))
+
+    def log_media(self, step: int, key: str, media: Any) -> None:
+        if self._wandb is not None:
+            self._wandb.log({key: media}, step=int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every line stays parseable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(logdir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(logdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -1,0 +1,23 @@
+"""A short training run on a simulated multi-node cluster (head + 2 workers on this machine)."""
+from __future__ import annotations
+
+from test_runtime import tiny_config
+
+from system.driver import Run, make_logdir
+from system.metrics import read_metrics
+
+
+def test_runners_spread_over_workers_and_learner_follows_its_resource(ray_multinode, tmp_path):
+    cluster, workers = ray_multinode
+    config = tiny_config(
+        "run.steps=600", "runners.count=2", "runners.resources={collector: 1}",
+        "learner.resources={head: 1}", "learner.num_cpus=0.5", "run.eval_episodes=0",
+    )
+    logdir = make_logdir(config, str(tmp_path / "run"))
+    run = Run(config, logdir, resume=False, progress=False)
+    summary = run.execute()
+    worker_ids = {w.node_id for w in workers}
+    assert set(run.placement["runners"]) == worker_ids, "one runner on each worker node"
+    assert run.placement["learner"] == cluster.head_node.node_id
+    assert summary.env_steps >= 600 and summary.updates > 0
+    assert read_metrics(logdir)[-1]["runner/min_weight_version"] > 0
