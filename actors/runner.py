@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -50,6 +51,7 @@ class EnvRunner:
         envs = [make_env(env_name, seed=seed + 1000 * index + i, **env_options) for i in range(num_envs)]
         obs_spec, act_spec = specs_from_spaces(envs[0].observation_space, envs[0].action_space)
         self.index = index
+        self.incarnation = uuid.uuid4().hex  # changes when Ray restarts this actor
         self.agent = Agent(obs_spec, act_spec, agent_config, device="cpu")
         self.collector = Collector(envs, chunk_length, f"runner{index}", remake=remake)
         self.explore = RandomPolicy(envs[0].action_space, seed + index)
@@ -100,6 +102,7 @@ class EnvRunner:
         self._steps_at_last_stats, self._time_at_last_stats = steps, now
         return {
             "runner": self.index,
+            "incarnation": self.incarnation,
             "env_steps": steps,
             "env_steps_per_s": rate,
             "weight_version": self.version,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from learner.config import AgentConfig
-from learner.nets import MLP, TwoHotSymlog, reward_bins
+from learner.nets import MLP, TwoHotSymlog, reward_bins, sample_index
 from learner.numerics import ReturnNormalizer, lambda_returns
 from learner.spaces import ActionSpec
 from learner.world_model import Posterior, WorldModel
@@ -38,8 +38,7 @@ class PolicyDist:
         """Reparameterised for continuous actions; plain one-hot samples for discrete ones."""
         if self.spec.kind == "continuous":
             return self.normal.rsample()
-        picks = [torch.multinomial(lp.detach().exp().reshape(-1, lp.shape[-1]), 1).reshape(lp.shape[:-1]) for lp in self.log_probs]
-        return self._onehot(picks)
+        return self._onehot([sample_index(lp.detach().exp()) for lp in self.log_probs])
 
     def mode(self) -> Tensor:
         if self.spec.kind == "continuous":

@@ -122,5 +122,13 @@ class TwoHotSymlog:
         return (twohot(symlog(target.float()), self.bins) * torch.log_softmax(self.logits, -1)).sum(-1)
 
 
+def sample_index(probs: Tensor) -> Tensor:
+    """Categorical samples by inverse CDF: one uniform number per distribution, vectorised, and
+    no error on NaN probabilities (the update is then skipped as non-finite, not crashed)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+    return (cdf < u).sum(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 def reward_bins(count: int, device: torch.device | None = None) -> Tensor:
     return torch.linspace(-20.0, 20.0, count, device=device)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from learner.nets import MLP
+from learner.nets import MLP, sample_index
 
 
 class LatentCategorical:
@@ -26,15 +26,9 @@ class LatentCategorical:
         return torch.log(self.probs)
 
     def sample(self) -> Tensor:
-        """One-hot samples with straight-through gradients, flattened to [..., stoch * classes].
-
-        Inverse-CDF sampling: one uniform number per latent instead of Gumbel noise per class.
-        """
+        """One-hot samples with straight-through gradients, flattened to [..., stoch * classes]."""
         probs = self.probs.detach()
-        cdf = probs.cumsum(-1)
-        u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
-        index = (cdf < u).sum(-1).clamp_(max=probs.shape[-1] - 1)
-        onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+        onehot = F.one_hot(sample_index(probs), probs.shape[-1]).to(probs.dtype)
         if self.probs.requires_grad:
             onehot = onehot + self.probs - probs
         return onehot.flatten(-2)

@@ -96,6 +96,7 @@ class Run:
         self.episodes_base = int(counters.get("episodes", 0))
         self.runner_steps: dict[int, int] = {}  # per runner, steps of earlier incarnations
         self.last_seen: dict[int, int] = {}  # per runner, steps its current incarnation reported
+        self.incarnation: dict[int, str] = {}  # per runner, the id of its current process
         self.logger: MetricsLogger | None = None
 
     def _model_signature(self) -> dict[str, Any]:
@@ -188,17 +189,23 @@ class Run:
         return env_steps, updates, ratio
 
     def _collect_metrics(self) -> tuple[dict[str, Any], int, int, float]:
-        runner_stats = ray.get([r.stats.remote() for r in self.runners])
-        learner_stats = ray.get(self.learner.stats.remote())
+        runner_stats = self._runner_stats()
+        try:
+            learner_stats = ray.get(self.learner.stats.remote(), timeout=60)
+        except ray.exceptions.GetTimeoutError:
+            learner_stats = {}  # busy beyond a minute: report the runners and replay anyway
         replay_stats = self.replay.stats()
         for s in runner_stats:
-            self.runner_steps.setdefault(s["runner"], 0)
-            self.last_seen[s["runner"]] = s["env_steps"]
-        env_steps = self.env_steps_base + sum(s["env_steps"] + self.runner_steps[s["runner"]] for s in runner_stats)
+            index = s["runner"]
+            if self.incarnation.get(index, s["incarnation"]) != s["incarnation"]:  # restarted: counts from zero
+                self.runner_steps[index] = self.runner_steps.get(index, 0) + self.last_seen.get(index, 0)
+            self.incarnation[index] = s["incarnation"]
+            self.last_seen[index] = s["env_steps"]
+        env_steps = self.env_steps_base + sum(self.runner_steps.get(i, 0) + n for i, n in self.last_seen.items())
         episodes = [e for s in runner_stats for e in s["episodes"]]
         self.episodes_base += len(episodes)
         ratio = float(replay_stats.get("replay_ratio", 0.0))
-        versions = [s["weight_version"] for s in runner_stats]
+        versions = [s["weight_version"] for s in runner_stats] or [0]
         row = {
             **learner_stats,
             **summarize_episodes(episodes),
@@ -215,6 +222,17 @@ class Run:
             "episodes": self.episodes_base,
         }
         return row, env_steps, int(learner_stats.get("learner/updates", 0)), ratio
+
+    def _runner_stats(self) -> list[dict[str, Any]]:
+        """Stats of the runners that answer; one that is being restarted is skipped this round."""
+        refs = [r.stats.remote() for r in self.runners]
+        stats = []
+        for ref in refs:
+            try:
+                stats.append(ray.get(ref, timeout=30))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        return stats
 
     def _check_actors(self, learner_ref: ray.ObjectRef, runner_refs: dict[int, ray.ObjectRef]) -> None:
         """A finished learner loop is an error before the end; a crashed runner is restarted by Ray
@@ -234,7 +252,6 @@ class Run:
             if steps is not None:
                 raise RuntimeError(f"runner {index} stopped before the run ended")
             print(f"runner {index} crashed; Ray restarts it and it resumes with the current weights", file=sys.stderr)
-            self.runner_steps[index] = self.runner_steps.get(index, 0) + self.last_seen.pop(index, 0)
             runner_refs[index] = self.runners[index].run.remote()
 
     # --------------------------------------------------------------- shutdown
