@@ -17,7 +17,6 @@ from learner.config import AgentConfig
 
 class Evaluator:
     def __init__(self, env_name: str, env_options: dict[str, Any], seed: int, agent_config: AgentConfig):
-        torch.set_num_threads(1)
         torch.manual_seed(seed)
         self.env = make_env(env_name, seed=seed, **env_options)
         obs_spec, act_spec = specs_from_spaces(self.env.observation_space, self.env.action_space)

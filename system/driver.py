@@ -98,6 +98,9 @@ class Run:
         self.last_seen: dict[int, int] = {}  # per runner, steps its current incarnation reported
         self.incarnation: dict[int, str] = {}  # per runner, the id of its current process
         self.logger: MetricsLogger | None = None
+        self._evaluator: ray.actor.ActorHandle | None = None
+        self._eval_ref: ray.ObjectRef | None = None
+        self._eval_step = 0
 
     def _model_signature(self) -> dict[str, Any]:
         """What a checkpoint's tensors depend on: network sizes and observation/action shapes."""
@@ -168,6 +171,7 @@ class Run:
         bar = tqdm(total=config.run.steps, initial=self.env_steps_base, unit="step", disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
         next_log = next_ckpt = time.perf_counter()
         next_ckpt += config.run.checkpoint_every
+        next_eval = self.env_steps_base + config.run.eval_every if config.run.eval_every else None
         env_steps, updates, ratio = self.env_steps_base, 0, 0.0
         while True:
             time.sleep(min(1.0, config.run.log_every))
@@ -180,6 +184,10 @@ class Run:
             self.logger.log(env_steps, row)
             bar.update(env_steps - bar.n)
             bar.set_postfix(ret=f"{row.get('episode/return', float('nan')):.1f}", upd=updates, ratio=f"{ratio:.0f}")
+            self._log_finished_evaluation()
+            if next_eval is not None and env_steps >= next_eval and self._eval_ref is None:
+                next_eval = env_steps + config.run.eval_every
+                self._start_evaluation(env_steps)
             if now >= next_ckpt:
                 self._save_checkpoint(env_steps)
                 next_ckpt = now + config.run.checkpoint_every
@@ -283,16 +291,30 @@ class Run:
         }
         save_checkpoint(self.logdir, env_steps, state, self.config.run.keep_checkpoints)
 
-    def _evaluate(self, env_steps: int) -> float | None:
+    def _start_evaluation(self, env_steps: int) -> None:
+        """Greedy episodes on the evaluator actor, with the current weights, while training goes on."""
         config = self.config
-        if config.run.eval_episodes <= 0:
+        if self._evaluator is None:
+            self._evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(
+                config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent)
+        weights = self.learner.policy_weights.remote()
+        self._eval_ref, self._eval_step = self._evaluator.evaluate.remote(weights, config.run.eval_episodes), env_steps
+
+    def _log_finished_evaluation(self, wait: bool = False) -> dict[str, float] | None:
+        if self._eval_ref is None or not (wait or ray.wait([self._eval_ref], timeout=0)[0]):
             return None
-        weights = ray.get(self.learner.policy_weights.remote())
-        evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent)
-        result = ray.get(evaluator.evaluate.remote(weights, config.run.eval_episodes))
-        row = {f"eval/{k}": v for k, v in result.items()}
-        self.logger.log(env_steps, row)
-        return result.get("return")
+        result = ray.get(self._eval_ref)
+        self._eval_ref = None
+        self.logger.log(self._eval_step, {f"eval/{k}": v for k, v in result.items()})
+        return result
+
+    def _evaluate(self, env_steps: int) -> float | None:
+        """The final evaluation, after training stopped."""
+        if self.config.run.eval_episodes <= 0:
+            return None
+        self._log_finished_evaluation(wait=True)
+        self._start_evaluation(env_steps)
+        return self._log_finished_evaluation(wait=True)["return"]
 
 
 def train(config: Config, logdir: str | None = None, progress: bool = True) -> RunSummary:

@@ -14,6 +14,7 @@ import torch
 
 from actors.collector import Collector, Episode
 from actors.envs import make_env
+from actors.evaluator import Evaluator
 from actors.policy import AgentPolicy, RandomPolicy
 from learner.agent import Agent, metrics_to_floats
 from replay.storage import ReplayStorage
@@ -27,12 +28,14 @@ class LocalResult:
     updates: int
     seconds: float
     episodes: list[tuple[int, Episode]] = field(default_factory=list)  # (env step at the end, episode)
+    evals: list[tuple[int, float]] = field(default_factory=list)  # (env step, mean greedy return)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
 def run_local(config: Config, report: Callable[[dict], None] | None = None, stop: Callable[[LocalResult], bool] | None = None) -> LocalResult:
     """Runs `config.run.steps` env steps in this process. `report` gets one dict per finished
-    episode batch; `stop` may end the run early (e.g. once a return threshold is reached)."""
+    episode batch and per evaluation (greedy episodes every `run.eval_every` env steps); `stop`
+    may end the run early (e.g. once a return threshold is reached)."""
     seed = config.run.seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -43,6 +46,8 @@ def run_local(config: Config, report: Callable[[dict], None] | None = None, stop
     collector = Collector(envs, config.runners.chunk_length, "local")
     explore = RandomPolicy(envs[0].action_space, seed)
     act = AgentPolicy(agent)
+    evaluator = Evaluator(config.env.name, dict(config.env.options), seed + 10_000, config.agent)
+    next_eval = config.train.prefill + config.run.eval_every if config.run.eval_every else None
     train = config.train
     steps_per_batch = train.batch_size * train.seq_len
     result = LocalResult(0, 0, 0.0)
@@ -64,6 +69,12 @@ def run_local(config: Config, report: Callable[[dict], None] | None = None, stop
             result.env_steps = collector.env_steps
             result.seconds = time.perf_counter() - start
             result.episodes += [(collector.env_steps, e) for e in episodes]
+            if next_eval is not None and collector.env_steps >= next_eval:
+                next_eval += config.run.eval_every
+                summary = evaluator.evaluate(agent.policy_weights(), config.run.eval_episodes)
+                result.evals.append((collector.env_steps, summary["return"]))
+                if report:
+                    report({"step": collector.env_steps, "updates": result.updates, "seconds": round(result.seconds, 1), "eval/return": summary["return"]})
             if episodes and report:
                 report({"step": collector.env_steps, "updates": result.updates, "seconds": round(result.seconds, 1),
                         "return": float(np.mean([e.ret for e in episodes])), **result.metrics})
