@@ -10,7 +10,7 @@ from system.metrics import read_metrics
 def test_runners_spread_over_workers_and_learner_follows_its_resource(ray_multinode, tmp_path):
     cluster, workers = ray_multinode
     config = tiny_config(
-        "run.steps=600", "runners.count=2", "runners.resources={collector: 1}",
+        "run.steps=1000", "runners.count=2", "runners.resources={collector: 1}",
         "learner.resources={head: 1}", "learner.num_cpus=0.5", "run.eval_episodes=0",
     )
     logdir = make_logdir(config, str(tmp_path / "run"))
@@ -19,5 +19,6 @@ def test_runners_spread_over_workers_and_learner_follows_its_resource(ray_multin
     worker_ids = {w.node_id for w in workers}
     assert set(run.placement["runners"]) == worker_ids, "one runner on each worker node"
     assert run.placement["learner"] == cluster.head_node.node_id
-    assert summary.env_steps >= 600 and summary.updates > 0
-    assert read_metrics(logdir)[-1]["runner/min_weight_version"] > 0
+    assert summary.env_steps >= 1000 and summary.updates > 0
+    rows = read_metrics(logdir)
+    assert max(r.get("runner/min_weight_version", 0) for r in rows) > 0, "weights reached the runners on both workers"
