@@ -88,6 +88,8 @@ class ReplayService:
         priority_alpha: float = 0.6,
         max_restarts: int = -1,
         seed: int | None = None,
+        num_cpus: float = 0,
+        placement: dict[str, Any] | None = None,
         **client_options: Any,
     ) -> ReplayService:
         """Start num_shards shard actors in ``<root>/shard_<i>``, splitting capacity (total steps) evenly.
@@ -105,6 +107,8 @@ class ReplayService:
                 os.path.join(root, f"shard_{i}"),
                 capacity // num_shards + (i < capacity % num_shards),
                 max_restarts=max_restarts,
+                num_cpus=num_cpus,
+                placement=placement,
                 mode=mode,
                 recency_half_life=half_life,
                 priority_alpha=priority_alpha,

@@ -130,6 +130,7 @@ def make_shard_actor(
     *,
     max_restarts: int = -1,
     num_cpus: float = 0,
+    placement: dict[str, Any] | None = None,
     **shard_kwargs: Any,
 ) -> ray.actor.ActorHandle:
     """Start a ReplayShard actor that Ray restarts (reloading its files) up to max_restarts times
@@ -137,9 +138,10 @@ def make_shard_actor(
 
     Calls are not retried by Ray (``max_task_retries=0``): the service retries inserts itself, with
     back-off, and routes samples around a shard that is down. ``num_cpus=0`` because shards mostly wait
-    on I/O and must not starve runners and the learner of CPU slots.
+    on I/O and must not starve runners and the learner of CPU slots. ``placement`` holds further
+    Ray actor options that decide where shards go (``resources``, ``memory``, ``scheduling_strategy``).
     """
     actor = ray.remote(ReplayShard).options(
-        max_restarts=max_restarts, max_task_retries=0, num_cpus=num_cpus
+        max_restarts=max_restarts, max_task_retries=0, num_cpus=num_cpus, **(placement or {})
     )
     return actor.remote(index, directory, capacity, **shard_kwargs)

@@ -64,3 +64,13 @@ def runner_options(config: Config) -> dict[str, Any]:
     if config.runners.resources:
         options["resources"] = dict(config.runners.resources)
     return options
+
+
+def shard_placement(config: Config) -> dict[str, Any]:
+    """Replay shards spread over the nodes that have what they ask for (memory, resources)."""
+    options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
+    if config.replay.memory_gb > 0:
+        options["memory"] = int(config.replay.memory_gb * 2**30)
+    if config.replay.resources:
+        options["resources"] = dict(config.replay.resources)
+    return options

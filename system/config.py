@@ -59,6 +59,8 @@ class ReplayConfig:
     capacity: int = 1_000_000  # steps, over all shards
     sampling: str = "uniform"  # uniform | recency | priority
     num_cpus: float = 0.0
+    memory_gb: float = 0.0  # memory Ray reserves per shard (0: none); shards spread over nodes
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per shard
 
 
 @dataclass

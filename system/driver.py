@@ -31,7 +31,7 @@ from learner.learner_actor import Learner
 from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
 from replay import ReplayService, make_limiter_actor, min_tolerance
 from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from system.cluster import learner_options, runner_options, start_ray
+from system.cluster import learner_options, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
 from system.metrics import MetricsLogger
 
@@ -122,6 +122,7 @@ class Run:
         self.replay = ReplayService.create(
             config.replay.shards, str(self.logdir / "replay"), config.replay.capacity,
             limiter=self.limiter, mode=config.replay.sampling, seed=config.run.seed,
+            num_cpus=config.replay.num_cpus, placement=shard_placement(config),
         )
         self.board = make_weight_board()
         self.learner = ray.remote(Learner).options(**learner_options(config)).remote(

@@ -1,4 +1,5 @@
-"""A short training run on a simulated multi-node cluster (head + 2 workers on this machine)."""
+"""A short training run on a simulated multi-node cluster (head + 2 workers on this machine):
+runners, shards and the learner land where their configured resources are."""
 from __future__ import annotations
 
 from test_runtime import tiny_config
@@ -12,6 +13,7 @@ def test_runners_spread_over_workers_and_learner_follows_its_resource(ray_multin
     config = tiny_config(
         "run.steps=1000", "runners.count=2", "runners.resources={collector: 1}",
         "learner.resources={head: 1}", "learner.num_cpus=0.5", "run.eval_episodes=0",
+        "replay.resources={worker1: 0.5}", "replay.memory_gb=0.1",
     )
     logdir = make_logdir(config, str(tmp_path / "run"))
     run = Run(config, logdir, resume=False, progress=False)
@@ -19,6 +21,7 @@ def test_runners_spread_over_workers_and_learner_follows_its_resource(ray_multin
     worker_ids = {w.node_id for w in workers}
     assert set(run.placement["runners"]) == worker_ids, "one runner on each worker node"
     assert run.placement["learner"] == cluster.head_node.node_id
+    assert set(run.placement["shards"]) == {workers[1].node_id}, "shards where their resource is"
     assert summary.env_steps >= 1000 and summary.updates > 0
     rows = read_metrics(logdir)
     assert max(r.get("runner/min_weight_version", 0) for r in rows) > 0, "weights reached the runners on both workers"
