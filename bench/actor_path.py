@@ -5,7 +5,7 @@ preset's model): the baseline in one process without Ray, the system with `--run
 actors that cut chunks and insert them into `--shards` replay shards (durably, as in a run). The
 rate limiter is set so that it never holds runners back: this measures the path, not the ratio.
 
-Usage: python bench/actor_path.py [--config cartpole] [--runners 2] [--envs 1] [--seconds 30]
+Usage: python -m bench.actor_path [--config cartpole] [--runners 2] [--envs 1] [--seconds 30]
 Final line: JSON with raw_steps_per_s, system_steps_per_s, ratio (goal >= 0.90).
 """
 from __future__ import annotations

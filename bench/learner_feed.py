@@ -2,10 +2,10 @@
 
 The baseline trains on batches already in memory; the system trains on batches sampled by the
 replay service's prefetching sampler from `--shards` shard actors (filled beforehand with chunks
-of the same shapes). The limiter allows any number of samples, so the ratio measures only what
-fetching costs the learner.
+of the same shapes). No rate limiter paces it, so the ratio measures only what fetching costs the
+learner.
 
-Usage: python bench/learner_feed.py [--config cartpole] [--shards 2] [--updates 30] [key=value ...]
+Usage: python -m bench.learner_feed [--config cartpole] [--shards 2] [--updates 30] [key=value ...]
 Final line: JSON with inprocess_updates_per_s, service_updates_per_s, ratio (goal >= 0.95).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from actors.envs import make_env
 from actors.specs import specs_from_spaces
 from learner.agent import Agent, metrics_to_floats
-from replay import ReplayService, make_limiter_actor
+from replay import ReplayService
 from system.config import load_config
 
 
@@ -65,10 +65,8 @@ def main() -> None:
     agent = Agent(obs_spec, act_spec, config.agent)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    batch_steps = train.batch_size * train.seq_len
-    limiter = make_limiter_actor(1e9, 0, 1e9 * chunk_len + batch_steps, chunk_len, batch_steps, name=None)
     with tempfile.TemporaryDirectory() as root:
-        replay = ReplayService.create(args.shards, root, args.steps * 2, limiter=limiter)
+        replay = ReplayService.create(args.shards, root, args.steps * 2)  # no limiter: never paced
         for i, chunk in enumerate(chunks):
             replay.insert(chunk, f"stream{i % 8}", uuid.uuid4().hex, 0)
         sampler = replay.sampler(train.batch_size, train.seq_len, prefetch=train.prefetch)
@@ -82,7 +80,6 @@ def main() -> None:
         service = timed_updates(agent, sampler, args.updates)
         inprocess_again = timed_updates(agent, in_memory(), args.updates)  # brackets drift in machine speed
         sampler.close()
-        ray.get(limiter.close.remote())
     ray.shutdown()
     baseline = (inprocess + inprocess_again) / 2
     print(f"in-process batches: {baseline:.2f} updates/s; sharded replay ({args.shards} shards): {service:.2f} updates/s", flush=True)
