@@ -157,14 +157,12 @@ class Run:
         learner_node = ray.get(self.learner.where.remote())
         runner_nodes = ray.get([r.where.remote() for r in self.runners])
         device = ray.get(self.learner.device.remote())
+        shard_nodes = [s.get("node_id", "?") for s in self.replay.stats()["shards"]]
         lines = [f"learner on node {learner_node[:8]} ({device})"]
         lines += [f"runner {i} on node {node[:8]}" for i, node in enumerate(runner_nodes)]
-        lines += [f"replay shard {i} on node {node[:8]}" for i, node in enumerate(self._shard_nodes())]
+        lines += [f"replay shard {i} on node {node[:8]}" for i, node in enumerate(shard_nodes)]
         print("placement:\n  " + "\n  ".join(lines), file=sys.stderr, flush=True)
-        self.placement = {"learner": learner_node, "runners": runner_nodes, "shards": self._shard_nodes(), "learner_device": device}
-
-    def _shard_nodes(self) -> list[str]:
-        return [s.get("node_id", "?") for s in self.replay.stats()["shards"]]
+        self.placement = {"learner": learner_node, "runners": runner_nodes, "shards": shard_nodes, "learner_device": device}
 
     # ------------------------------------------------------------------ watch
     def _watch(self, learner_ref: ray.ObjectRef, runner_refs: dict[int, ray.ObjectRef], start: float) -> tuple[int, int, float]:
