@@ -24,12 +24,15 @@ def synthetic_batch(batch: int, length: int, image: int, actions: int, rng: np.r
     """Random frames and actions with episode starts sprinkled in, like a replay sample."""
     is_first = rng.random((batch, length)) < 0.01
     is_first[:, 0] = True
+    is_last = np.roll(is_first, -1, axis=1)
+    is_last[:, -1] = False
     return {
         "image": rng.integers(0, 256, (batch, length, image, image, 3), dtype=np.uint8),
         "action": rng.integers(0, actions, (batch, length)),
         "reward": rng.normal(size=(batch, length)).astype(np.float32),
         "is_first": is_first,
-        "is_terminal": rng.random((batch, length)) < 0.01,
+        "is_last": is_last,
+        "is_terminal": is_last & (rng.random((batch, length)) < 0.5),
     }
 
 

@@ -114,7 +114,7 @@ class Agent:
         self.wm_opt.step()
 
         with self._autocast():
-            ac_loss, ac_metrics = self.actor_critic.loss(self.world_model, posterior, ~data["is_terminal"])
+            ac_loss, ac_metrics = self.actor_critic.loss(self.world_model, posterior, data)
         self.ac_opt.zero_grad(set_to_none=True)
         ac_loss.backward(inputs=self._ac_params)
         clip = self.config.behavior.grad_clip
@@ -183,12 +183,13 @@ class Agent:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        keys = (*self.obs_spec.shapes, "action", "reward", "is_first", "is_terminal")
+        keys = (*self.obs_spec.shapes, "action", "reward", "is_first", "is_last", "is_terminal")
         data = {k: torch.as_tensor(np.asarray(batch[k]) if not isinstance(batch[k], Tensor) else batch[k]) for k in keys}
         data = {k: v.to(self.device, non_blocking=True) for k, v in data.items()}
         data["action"] = self.act_spec.to_model(data["action"])
         data["reward"] = data["reward"].float()
         data["is_first"] = data["is_first"].bool()
+        data["is_last"] = data["is_last"].bool()
         data["is_terminal"] = data["is_terminal"].bool()
         return data
 

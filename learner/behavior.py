@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from learner.config import AgentConfig
 from learner.nets import MLP, TwoHotSymlog, reward_bins, sample_index
-from learner.numerics import ReturnNormalizer, lambda_returns
+from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns
 from learner.spaces import ActionSpec
 from learner.world_model import Posterior, WorldModel
 
@@ -88,9 +88,14 @@ class ActorCritic(nn.Module):
     def policy(self, deter: Tensor, stoch: Tensor) -> PolicyDist:
         return PolicyDist(self.actor(deter, stoch), self.act_spec, self.unimix, self.cfg.min_std, self.cfg.max_std)
 
-    def loss(self, wm: WorldModel, start: Posterior, start_cont: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Imagine `horizon` steps from every posterior state and return actor + critic losses."""
+    def loss(self, wm: WorldModel, start: Posterior, replay: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Imagine `horizon` steps from every posterior state and return actor + critic losses.
+
+        `replay` holds the replayed sequences' `reward`, `is_last` and `is_terminal` [B, T]: the
+        critic also learns from their real returns (DreamerV3's replay value loss)."""
         cfg = self.cfg
+        batch, length = start.deter.shape[:2]
+        start_cont = ~replay["is_terminal"]
         deter, stoch = start.deter.flatten(0, 1), start.stoch.flatten(0, 1)
         deters, stochs, logps, ents = [deter], [stoch], [], []
         for _ in range(cfg.horizon):
@@ -131,11 +136,23 @@ class ActorCritic(nn.Module):
         critic_nll = -critic_dist.log_prob(returns.detach()) - cfg.slow_critic_reg * critic_dist.log_prob(slow_value)
         critic_loss = (weight[:-1] * critic_nll).mean()
 
+        # The critic on the replayed states themselves (imagination's first step), against
+        # returns of real rewards and terminations bootstrapped with the imagined returns.
+        boot = returns[0].detach().reshape(batch, length)
+        replay_target = replay_returns(replay["reward"], replay["is_last"], replay["is_terminal"], boot, discount, cfg.lam)
+        replay_dist = TwoHotSymlog(critic_logits[0].reshape(batch, length, -1)[:, :-1], self.bins)
+        replay_nll = -replay_dist.log_prob(replay_target) - cfg.slow_critic_reg * replay_dist.log_prob(slow_value[0].reshape(batch, length)[:, :-1])
+        replay_weight = 1.0 - replay["is_last"][:, :-1].float()
+        replay_loss = (replay_weight * replay_nll).mean()
+        critic_loss = critic_loss + cfg.replay_critic_scale * replay_loss
+
         metrics = {
             "actor/loss": actor_loss.detach(),
             "actor/entropy": entropy.mean().detach(),
             "critic/loss": critic_loss.detach(),
             "critic/value": value.mean(),
+            "critic/replay_loss": replay_loss.detach(),
+            "critic/replay_return": replay_target.mean().detach(),
             "imagine/return": returns.mean().detach(),
             "imagine/reward": reward.mean().detach(),
             "imagine/return_scale": scale.detach(),

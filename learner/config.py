@@ -75,6 +75,8 @@ class BehaviorConfig:
     grad_clip: float = 100.0
     slow_critic_fraction: float = 0.02
     slow_critic_reg: float = 1.0
+    # weight of the critic's loss on replayed states against real-reward returns (0 = off)
+    replay_critic_scale: float = 0.3
     return_norm_decay: float = 0.99
     # auto: REINFORCE for discrete actions, backprop through the model for continuous ones.
     actor_grad: str = "auto"

@@ -33,21 +33,33 @@ def twohot(x: Tensor, bins: Tensor) -> Tensor:
 
 
 def lambda_returns(
-    reward: Tensor, cont: Tensor, value: Tensor, discount: float, lam: float
+    reward: Tensor, cont: Tensor, value: Tensor, discount: float, lam: float | Tensor
 ) -> Tensor:
-    """TD(lambda) returns over an imagined trajectory.
+    """TD(lambda) returns over a trajectory, imagined or replayed.
 
     `reward[t]` and `cont[t]` belong to the transition into state t+1; `value` has one more step
     than `reward` (the bootstrap). Returns one value per transition: R_t = r_t + gamma c_t
-    ((1 - lam) v_{t+1} + lam R_{t+1}) with R_H = v_H.
+    ((1 - lam_t) v_{t+1} + lam_t R_{t+1}) with R_H = v_H. `lam` may vary per step: lam_t = 0
+    cuts the return at t+1 (an episode boundary in replay) and bootstraps there.
     """
     horizon = reward.shape[0]
     disc = discount * cont
+    lam = torch.broadcast_to(torch.as_tensor(lam, dtype=reward.dtype, device=reward.device), reward.shape)
     interm = reward + disc * (1.0 - lam) * value[1:]
     returns = [value[-1]]
     for t in reversed(range(horizon)):
-        returns.append(interm[t] + disc[t] * lam * returns[-1])
+        returns.append(interm[t] + disc[t] * lam[t] * returns[-1])
     return torch.stack(returns[1:][::-1])
+
+
+def replay_returns(reward: Tensor, is_last: Tensor, is_terminal: Tensor, boot: Tensor, discount: float, lam: float) -> Tensor:
+    """Lambda returns along replayed sequences [B, T]: real rewards and terminations, with `boot`
+    (the imagined return from each replayed state) as the bootstrap. DreamerV3 trains the critic
+    on these too, so its values stay anchored to what really happened. Returns [B, T-1]; the
+    entries at is_last steps cross into the next episode and must get zero weight."""
+    cont = 1.0 - is_terminal[:, 1:].T.float()  # time-major from here on
+    lam_t = lam * (1.0 - is_last[:, 1:].T.float())  # a return never runs past the end of an episode
+    return lambda_returns(reward[:, 1:].T.float(), cont, boot.T.float(), discount, lam_t).T
 
 
 class ReturnNormalizer(torch.nn.Module):

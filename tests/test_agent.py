@@ -46,8 +46,9 @@ def make_batch(agent: Agent, batch=3, length=8, seed=0) -> dict[str, np.ndarray]
     data["reward"] = rng.normal(size=(batch, length)).astype(np.float32)
     data["is_first"] = np.zeros((batch, length), bool)
     data["is_first"][:, 0] = True
-    data["is_terminal"] = np.zeros((batch, length), bool)
-    data["is_terminal"][0, -1] = True
+    data["is_last"] = np.zeros((batch, length), bool)
+    data["is_last"][0, -1] = True
+    data["is_terminal"] = data["is_last"].copy()
     return data
 
 

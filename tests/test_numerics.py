@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from learner.nets import TwoHotSymlog, reward_bins
-from learner.numerics import ReturnNormalizer, lambda_returns, symexp, symlog, twohot
+from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns, symexp, symlog, twohot
 
 
 def test_symlog_values_and_inverse():
@@ -74,3 +74,20 @@ def test_return_normalizer_percentile_ema():
     small = ReturnNormalizer()
     small.update(torch.full((100,), 0.3))
     assert small.scale().item() == 1.0  # never amplifies small returns
+
+
+def test_replay_returns_use_real_rewards_and_stop_at_episode_ends():
+    gamma, lam = 0.9, 0.8
+    # one sequence: steps 0-2 of an episode that ends by termination at 2, then a new one (3-4)
+    reward = torch.tensor([[0.0, 1.0, 2.0, 0.0, 5.0]])
+    is_last = torch.tensor([[False, False, True, False, False]])
+    is_terminal = is_last.clone()
+    boot = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    got = replay_returns(reward, is_last, is_terminal, boot, gamma, lam)
+    g1 = 2.0  # the next state is terminal: nothing after its reward
+    g0 = 1.0 + gamma * ((1 - lam) * 20.0 + lam * g1)
+    g3 = 5.0 + gamma * 50.0  # the last step bootstraps
+    torch.testing.assert_close(got[0, [0, 1, 3]], torch.tensor([g0, g1, g3]))
+    # a time limit (last but not terminal) bootstraps from the imagined return instead of zero
+    truncated = replay_returns(reward, is_last, torch.zeros_like(is_last), boot, gamma, lam)
+    torch.testing.assert_close(truncated[0, 1], torch.tensor(2.0 + gamma * 30.0))
