@@ -19,7 +19,7 @@ import ray
 import torch
 
 from actors.collector import Chunk, Collector, Episode
-from actors.envs import make_env
+from actors.envs import env_slot, make_env
 from actors.policy import AgentPolicy, RandomPolicy
 from actors.specs import specs_from_spaces
 from learner.agent import Agent
@@ -46,9 +46,9 @@ class EnvRunner:
         restarts = iter(range(1, 1 << 30))
 
         def remake(i: int):  # a fresh seed, so a crash is not replayed deterministically
-            return make_env(env_name, seed=seed + 1000 * index + i + 100_000 * next(restarts), **env_options)
+            return make_env(env_name, seed=seed + 1000 * index + i + 100_000 * next(restarts), slot=env_slot(index, num_envs, i), **env_options)
 
-        envs = [make_env(env_name, seed=seed + 1000 * index + i, **env_options) for i in range(num_envs)]
+        envs = [make_env(env_name, seed=seed + 1000 * index + i, slot=env_slot(index, num_envs, i), **env_options) for i in range(num_envs)]
         obs_spec, act_spec = specs_from_spaces(envs[0].observation_space, envs[0].action_space)
         self.index = index
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts this actor

@@ -6,7 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from actors.envs import MissingDependencyError, make_env
+from actors.envs import MissingDependencyError, env_slot, gym_suite, make_env, minecraft
 from actors.envs.minecraft_shaping import (
     ACTION_NVEC,
     MINEDOJO_NVEC,
@@ -17,6 +17,7 @@ from actors.envs.minecraft_shaping import (
     retry,
     to_minedojo_action,
 )
+from actors.envs.registry import with_slot
 
 NOOP = [0, 0, 0, 12, 12, 0, 0, 0]
 
@@ -138,3 +139,21 @@ def test_missing_minedojo_says_how_to_get_it() -> None:
         "minecraft:hunt-cow: MineDojo is not installed: use the minecraft image in deploy/ "
         "(see deploy/README.md)"
     )
+
+
+def test_every_env_of_a_run_gets_its_own_instance() -> None:
+    runners, envs = 8, 3
+    slots = [env_slot(r, envs, i) for r in range(runners) for i in range(envs)]
+    assert slots == list(range(runners * envs))  # runner x envs per runner + env index
+    instances = [with_slot(minecraft.make, {}, slot)["instance"] for slot in slots]
+    ports = [malmo_base_port(instance) for instance in instances]
+    assert len(set(ports)) == len(ports)
+    # a user-given instance offsets the slots (a second run on the same node)
+    assert with_slot(minecraft.make, {"instance": 30}, 2) == {"instance": 32}
+    # suites without servers get their options unchanged
+    assert with_slot(gym_suite.make, {"pixels": True}, 5) == {"pixels": True}
+    with pytest.raises(ValueError, match="no env slot"):
+        env_slot(0, 2, 2)
+    # make_env hands the slot to the adapter: a slot past the port range fails there, before MineDojo
+    with pytest.raises(ValueError, match="instance must be in"):
+        make_env("minecraft:hunt-cow", seed=0, slot=1000)

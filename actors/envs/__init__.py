@@ -12,7 +12,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from actors.envs.atari import ATARI100K_GAMES, human_normalized_score  # noqa: E402
 from actors.envs.crafter_suite import crafter_score, crafter_success_rates  # noqa: E402
 from actors.envs.errors import MissingDependencyError, UnknownEnvError  # noqa: E402
-from actors.envs.registry import list_suites, make_env  # noqa: E402
+from actors.envs.registry import env_slot, list_suites, make_env  # noqa: E402
 
 __all__ = [
     "ATARI100K_GAMES",
@@ -20,6 +20,7 @@ __all__ = [
     "UnknownEnvError",
     "crafter_score",
     "crafter_success_rates",
+    "env_slot",
     "human_normalized_score",
     "list_suites",
     "make_env",

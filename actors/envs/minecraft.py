@@ -41,7 +41,11 @@ SPAWN_RANGE = 7  # blocks from the agent on each horizontal axis
 def make(
     task: str, *, seed: int, size: int = 64, length: int = 500, instance: int = 0
 ) -> gymnasium.Env:
-    """`minecraft:hunt-cow`; `instance` (0, 1, ...) keeps parallel Minecraft servers apart on ports."""
+    """`minecraft:hunt-cow`; `instance` (0, 1, ...) keeps parallel Minecraft servers apart on ports.
+
+    Runners and the evaluator set it from their env slot (`make_env(..., slot=...)`), so no two
+    envs of a run share one; a user-given `instance` offsets them (two runs on one node).
+    """
     if task not in _TASKS:
         raise UnknownEnvError(
             f"unknown Minecraft task {task!r} in 'minecraft:{task}'; tasks: minecraft:hunt-cow"

@@ -28,12 +28,25 @@ def list_suites() -> list[str]:
     return sorted(_SUITES)
 
 
-def make_env(name: str, seed: int = 0, **options: object) -> gymnasium.Env:
+def env_slot(runner: int, envs_per_runner: int, env: int) -> int:
+    """The index of env `env` of runner `runner` among all of a run's envs (runner x envs + env).
+
+    Runners pass it to `make_env` as `slot`; the evaluator takes the slot after the last runner's.
+    """
+    if runner < 0 or envs_per_runner < 1 or not 0 <= env < envs_per_runner:
+        raise ValueError(f"no env slot for runner {runner}, env {env} of {envs_per_runner}")
+    return runner * envs_per_runner + env
+
+
+def make_env(name: str, seed: int = 0, *, slot: int | None = None, **options: object) -> gymnasium.Env:
     """Build the environment `name` ("suite:task"), seeded by `seed` at its first reset.
 
     Every env observes a `gymnasium.spaces.Dict` (`image` uint8 HxWxC and/or `vector` float32),
     acts through Discrete, MultiDiscrete or Box[-1, 1], separates `terminated` from `truncated`,
     and puts `info["episode_stats"]` (a dict of floats) on the step that ends an episode.
+
+    `slot` (see `env_slot`) tells parallel envs apart: suites that start a server per env
+    (MineDojo) take their `instance`, hence their ports, from it, offset by a user-given `instance`.
     """
     suite, sep, task = name.partition(":")
     if not sep or not task:
@@ -47,19 +60,31 @@ def make_env(name: str, seed: int = 0, **options: object) -> gymnasium.Env:
         )
     factory: Callable[..., gymnasium.Env] = importlib.import_module(_SUITES[suite]).make
     _check_options(name, factory, options)
-    return factory(task, seed=seed, **options)
+    return factory(task, seed=seed, **with_slot(factory, options, slot))
+
+
+def with_slot(factory: Callable[..., gymnasium.Env], options: dict, slot: int | None) -> dict:
+    """`options` with `instance` = its given value (an offset, default 0) + `slot`, for factories
+    that take an `instance`; other suites need no slot and get `options` unchanged."""
+    if slot is None or "instance" not in _keyword_options(factory):
+        return options
+    return {**options, "instance": int(options.get("instance", 0)) + slot}
 
 
 def _check_options(name: str, factory: Callable[..., gymnasium.Env], options: dict) -> None:
     """Reject misspelt options by name before any simulator starts."""
-    valid = [
-        param.name
-        for param in inspect.signature(factory).parameters.values()
-        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.name != "seed"
-    ]
+    valid = _keyword_options(factory)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise TypeError(
             f"{name}: unknown option(s) {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(valid) or 'none'}"
         )
+
+
+def _keyword_options(factory: Callable[..., gymnasium.Env]) -> list[str]:
+    return [
+        param.name
+        for param in inspect.signature(factory).parameters.values()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.name != "seed"
+    ]
