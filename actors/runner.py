@@ -4,6 +4,9 @@ The env loop never waits for the network: chunks go to a bounded queue that a se
 drains into the replay service (so a full queue, i.e. the rate limiter holding runners back, is
 the only thing that pauses collection), and new weights are polled with a non-blocking check.
 Until the first weights arrive the runner acts uniformly at random, which is the prefill.
+
+An environment that crashes or hangs is replaced by the collector; one that keeps failing makes
+`run` raise EnvFailure, and the driver calls `run` again after a back-off (which revives it).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class EnvRunner:
         board: Any,
         poll_every: int = 64,
         queue_chunks: int = 4,
+        step_timeout: float | None = None,
     ):
         torch.set_num_threads(1)
         torch.manual_seed(seed + 7919 * index)
@@ -53,7 +57,7 @@ class EnvRunner:
         self.index = index
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts this actor
         self.agent = Agent(obs_spec, act_spec, agent_config, device="cpu")
-        self.collector = Collector(envs, chunk_length, f"runner{index}", remake=remake)
+        self.collector = Collector(envs, chunk_length, f"runner{index}", remake=remake, step_timeout=step_timeout)
         self.explore = RandomPolicy(envs[0].action_space, seed + index)
         self.policy = AgentPolicy(self.agent)
         self.replay, self.board = replay, board
@@ -71,7 +75,9 @@ class EnvRunner:
         self._sender.start()
 
     def run(self, max_steps: int | None = None) -> int:
-        """Collect until stopped (or max_steps); returns the env steps taken."""
+        """Collect until stopped (or max_steps); returns the env steps taken. Raises EnvFailure
+        when an environment keeps failing (envs given up on get new tries at the next call)."""
+        self.collector.revive()
         while not self._stop.is_set() and (max_steps is None or self.collector.env_steps < max_steps):
             policy = self.policy if self.version > 0 else self.explore
             chunks, episodes = self.collector.step(policy, self.version)
@@ -109,6 +115,7 @@ class EnvRunner:
             "chunks_inserted": inserted,
             "queued_chunks": self._outbox.qsize(),
             "env_restarts": self.collector.env_restarts,
+            "env_timeouts": self.collector.env_timeouts,
             "dropped_episodes": self.collector.dropped_episodes,
             "episodes": [(e.ret, e.length, e.stats) for e in episodes],
         }

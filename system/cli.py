@@ -15,6 +15,7 @@ from learner.spaces import ObservationShapeError
 from system.checkpoint import CheckpointError
 from system.cluster import ClusterError
 from system.config import ConfigError, load_config
+from system.supervisor import RunnersFailed
 
 USER_ERRORS = (ConfigError, UnknownEnvError, MissingDependencyError, ObservationShapeError, CheckpointError, ClusterError)
 
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"harmonyray: error: {error}", file=sys.stderr)
         return 2
+    except RunnersFailed as error:  # the run stopped (with a checkpoint): one line, no traceback
+        print(f"harmonyray: run stopped: {error}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -71,7 +71,9 @@ class RunnersConfig:
     num_cpus: float = 1.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per runner
     max_restarts: int = 3
-    step_timeout: float = 60.0  # seconds before a hung environment is restarted
+    step_timeout: float = 60.0  # seconds before a hung environment is restarted (0: no timeout)
+    max_failures: int = 6  # failures in a row (crashes, envs that keep failing) before a runner is given up on
+    restart_delay: float = 2.0  # seconds before a failed runner starts again; doubles with each failure in a row
 
 
 @dataclass

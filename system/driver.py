@@ -34,6 +34,7 @@ from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoin
 from system.cluster import learner_options, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
 from system.metrics import MetricsLogger
+from system.supervisor import RunnerSupervisor
 
 CONFIG_FILE = "config.yaml"
 
@@ -135,7 +136,9 @@ class Run:
         self._report_placement()
         self.logger = MetricsLogger(self.logdir, config.wandb, dataclasses.asdict(config), name=self.logdir.name)
         learner_ref = self.learner.run.remote()
-        runner_refs = {i: r.run.remote() for i, r in enumerate(self.runners)}
+        self.supervisor = RunnerSupervisor(self.runners, self._make_runner, config.runners.max_failures, config.runners.restart_delay)
+        self.supervisor.start()
+        runner_refs = self.supervisor.refs  # the supervisor keeps it current
         try:
             env_steps, updates, ratio = self._watch(learner_ref, runner_refs, start)
         finally:
@@ -150,12 +153,12 @@ class Run:
         config = self.config
         return ray.remote(EnvRunner).options(**runner_options(config)).remote(
             index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
-            config.run.seed, config.agent, self.replay, self.board,
+            config.run.seed, config.agent, self.replay, self.board, step_timeout=config.runners.step_timeout,
         )
 
     def _report_placement(self) -> None:
         learner_node = ray.get(self.learner.where.remote())
-        runner_nodes = ray.get([r.where.remote() for r in self.runners])
+        runner_nodes = [_node_or_error(r) for r in self.runners]  # one that cannot start is reported, not fatal
         device = ray.get(self.learner.device.remote())
         shard_nodes = [s.get("node_id", "?") for s in self.replay.stats()["shards"]]
         lines = [f"learner on node {learner_node[:8]} ({device})"]
@@ -219,6 +222,8 @@ class Run:
             "runner/env_steps_per_s": sum(s["env_steps_per_s"] for s in runner_stats),
             "runner/env_restarts": sum(s["env_restarts"] for s in runner_stats),
             "runner/dropped_episodes": sum(s["dropped_episodes"] for s in runner_stats),
+            "runner/env_timeouts": sum(s.get("env_timeouts", 0) for s in runner_stats),
+            **self.supervisor.metrics(),
             "runner/min_weight_version": min(versions),
             "runner/max_weight_version": max(versions),
             "replay/size": replay_stats.get("size", 0),
@@ -242,24 +247,13 @@ class Run:
         return stats
 
     def _check_actors(self, learner_ref: ray.ObjectRef, runner_refs: dict[int, ray.ObjectRef]) -> None:
-        """A finished learner loop is an error before the end; a crashed runner is restarted by Ray
-        and put back to work here, its earlier steps kept in the count."""
+        """A finished learner loop is an error before the end; runners that failed are started
+        again with back-off (or given up on) by the supervisor, their earlier steps kept in the count."""
         done, _ = ray.wait([learner_ref], timeout=0)
         if done:
             ray.get(learner_ref)  # raises the learner's error
             raise RuntimeError("the learner stopped before the run ended")
-        for index, ref in list(runner_refs.items()):
-            done, _ = ray.wait([ref], timeout=0)
-            if not done:
-                continue
-            try:
-                steps = ray.get(ref)
-            except ray.exceptions.RayActorError:
-                steps = None
-            if steps is not None:
-                raise RuntimeError(f"runner {index} stopped before the run ended")
-            print(f"runner {index} crashed; Ray restarts it and it resumes with the current weights", file=sys.stderr)
-            runner_refs[index] = self.runners[index].run.remote()
+        self.supervisor.check()
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, runner_refs: dict[int, ray.ObjectRef], learner_ref: ray.ObjectRef) -> tuple[int, int, float] | None:
@@ -267,9 +261,10 @@ class Run:
         learner_failed = bool(ray.wait([learner_ref], timeout=0)[0])
         if learner_failed:  # nobody samples any more: release runners waiting on the limiter
             ray.get(self.limiter.close.remote())
-        ray.get([r.stop.remote() for r in self.runners])
-        ray.wait(list(runner_refs.values()), num_returns=len(runner_refs), timeout=60)
-        ray.get([r.flush.remote() for r in self.runners])  # the learner still samples meanwhile
+        runners = self.supervisor.alive()
+        _answers([r.stop.remote() for r in runners], timeout=60)
+        _answers(list(runner_refs.values()), timeout=60)  # their `run` calls return once stopped
+        _answers([r.flush.remote() for r in runners], timeout=120)  # the learner still samples meanwhile
         ray.get(self.limiter.close.remote())
         self.learner.stop.remote()
         try:
@@ -314,6 +309,27 @@ class Run:
         self._log_finished_evaluation(wait=True)
         self._start_evaluation(env_steps)
         return self._log_finished_evaluation(wait=True)["return"]
+
+
+def _node_or_error(runner: ray.actor.ActorHandle) -> str:
+    try:
+        return ray.get(runner.where.remote(), timeout=120)
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as error:
+        return f"none yet ({type(error).__name__})"
+
+
+def _answers(refs: list[ray.ObjectRef], timeout: float) -> list[Any]:
+    """The answers of the actors that give one within the timeout (a dead runner gives none)."""
+    if not refs:
+        return []
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    out = []
+    for ref in ready:
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayError:
+            continue
+    return out
 
 
 def train(config: Config, logdir: str | None = None, progress: bool = True) -> RunSummary:

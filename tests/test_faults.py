@@ -2,21 +2,43 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
 
 import gymnasium
 import numpy as np
+import pytest
 import torch
+from fault_envs import HangingCartPole
 from test_agent import make_agent, make_batch
 from test_runtime import tiny_config
 
-from actors.collector import Collector
+from actors.collector import Collector, EnvFailure
 from actors.envs import make_env
 from learner.agent import metrics_to_floats
 from system.driver import Run, make_logdir
 from system.metrics import read_metrics
+from system.supervisor import RunnersFailed
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Like conftest's, but the runner processes can import this directory's fault_envs (Ray
+    workers inherit PYTHONPATH from the process that starts the cluster)."""
+    import ray
+
+    ray.shutdown()
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, before) if p)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.pop("PYTHONPATH") if before is None else os.environ.update(PYTHONPATH=before)
+    yield ray
 
 
 class CrashOnStep(gymnasium.Wrapper):
@@ -51,6 +73,57 @@ def test_crashing_env_is_replaced_and_its_episode_dropped():
     firsts = np.concatenate([c.data["is_first"] for c in chunks])
     assert firsts[0] and firsts[5], "the replacement env starts a new episode right after the crash"
     assert all(e.length < 60 for e in episodes) and episodes, "episodes after the crash are reported"
+
+
+@pytest.mark.parametrize("hang_in", ["step", "reset"])
+def test_hanging_env_is_abandoned_and_replaced(hang_in):
+    HangingCartPole.hung_in_this_process = False
+    made = []
+
+    def remake(i: int):
+        made.append(i)
+        return make_env("gym:CartPole-v1", seed=100 + len(made))
+
+    name = "gym:fault_envs:HangingStep-v0" if hang_in == "step" else "gym:fault_envs:HangingReset-v0"
+    collector = Collector([make_env(name, seed=0), make_env("gym:CartPole-v1", seed=1)], 8, "t", remake=remake, step_timeout=0.5)
+    always_left = lambda obs, first: np.zeros(len(first), np.int64)  # noqa: E731
+    chunks, start = [], time.monotonic()
+    for _ in range(60):
+        chunks += collector.step(always_left)[0]
+    elapsed = time.monotonic() - start
+    assert HangingCartPole.hung_in_this_process, "the env did hang"
+    assert 0.5 <= elapsed < 10, "the collector waited out the timeout, not the 30 s hang"
+    assert made == [0] and collector.env_restarts == 1 and collector.env_timeouts == 1
+    assert collector.dropped_episodes == (1 if hang_in == "step" else 0), "only a hang mid-episode drops one"
+    assert collector.env_steps >= 100, "both envs went on stepping"
+    firsts = np.concatenate([c.data["is_first"] for c in chunks if c.stream == "t/env0"])
+    lasts = np.concatenate([c.data["is_last"] for c in chunks if c.stream == "t/env0"])
+    cut_short = np.flatnonzero(firsts[1:] & ~lasts[:-1])
+    assert len(cut_short) == (1 if hang_in == "step" else 0), "the replacement starts a new episode right after the hung step"
+    collector.close()
+
+
+def test_env_that_keeps_failing_is_given_up_then_revived():
+    good = lambda i: make_env("gym:CartPole-v1", seed=7)  # noqa: E731
+    broken = lambda i: make_env("gym:fault_envs:AlwaysFails-v0", seed=7)  # noqa: E731
+    remake = [broken]
+    collector = Collector([CrashOnStep(make_env("gym:CartPole-v1", seed=0), crash_at=3)], 8, "t",
+                          remake=lambda i: remake[0](i), max_failures=3)
+    always_left = lambda obs, first: np.zeros(len(first), np.int64)  # noqa: E731
+    for _ in range(3):
+        collector.step(always_left)
+    assert collector.down and collector.env_restarts == 2, "the crash, then two new envs failed at reset"
+    with pytest.raises(EnvFailure, match="failed 3 times in a row.*simulator cannot start"):
+        collector.step(always_left)
+    with pytest.raises(EnvFailure):
+        collector.revive()
+    assert collector.env_restarts == 4, "a revive tries max_failures - 1 new envs, not more"
+    remake[0] = good
+    collector.revive()
+    steps = collector.env_steps
+    for _ in range(5):
+        collector.step(always_left)
+    assert collector.env_steps == steps + 5 and not collector.down
 
 
 def test_nonfinite_update_is_skipped_and_counted():
@@ -94,3 +167,33 @@ def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path)
     for runner in run.runners:
         acknowledged.update(ray_local.get(runner.inserted_ids.remote()))
     assert acknowledged <= set(run.replay.ids()), "every acknowledged chunk survived"
+
+
+def test_crash_looping_runner_is_backed_off_then_given_up_while_others_go_on(ray_local, tmp_path, capfd):
+    """Runner 1's env fails at every reset; runner 0's env hangs once mid-episode."""
+    config = tiny_config("env.name=gym:fault_envs:RunnerOneFails-v0", "run.steps=600", "run.eval_episodes=0",
+                         "runners.step_timeout=2", "runners.max_failures=3", "runners.restart_delay=0.5")
+    logdir = make_logdir(config, str(tmp_path / "run"))
+    run = Run(config, logdir, resume=False, progress=False)
+    summary = run.execute()
+    assert summary.env_steps >= 600 and summary.updates > 0, "runner 0 alone finished the run"
+    last = read_metrics(logdir)[-1]
+    assert last["runner/failures"] == 3 and last["runner/given_up"] == 1 and last["runner/backing_off"] == 0
+    assert last["runner/env_timeouts"] >= 1 and last["runner/dropped_episodes"] >= 1, "the hang was timed out and counted"
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("runner ")]
+    delays = [re.search(r"starting it again in ([\d.]+) s \(failure (\d) of 3", line).groups() for line in lines if "starting it again" in line]
+    assert delays == [("0.5", "1"), ("1.0", "2")], "the delay doubles"
+    assert sum("runner 1: given up after 3 failures in a row (EnvFailure: runner1/env0 failed 3 times" in line for line in lines) == 1
+    assert not any(line.startswith("runner 0") for line in lines), "the hung env was replaced inside runner 0"
+    acknowledged = set(ray_local.get(run.runners[0].inserted_ids.remote()))
+    assert acknowledged and acknowledged <= set(run.replay.ids())
+
+
+def test_run_stops_with_a_clear_message_when_every_runner_is_given_up(ray_local, tmp_path):
+    config = tiny_config("env.name=gym:fault_envs:AlwaysFails-v0", "run.steps=1000", "run.eval_episodes=0",
+                         "runners.count=1", "runners.max_failures=2", "runners.restart_delay=0.2")
+    logdir = make_logdir(config, str(tmp_path / "run"))
+    with pytest.raises(RunnersFailed, match="every runner failed 2 times in a row.*simulator cannot start.*harmonyray resume"):
+        Run(config, logdir, resume=False, progress=False).execute()
+    assert list((logdir / "checkpoints").glob("ckpt-*.pt")), "the stop wrote a checkpoint"

@@ -1,0 +1,115 @@
+"""Keeps the runners' `run` calls going, with back-off, so a crash loop neither spins nor spams.
+
+A runner whose `run` fails (its process died, its environment keeps failing, it cannot be
+created) is started again after a delay that doubles with each failure in a row (capped at
+`MAX_DELAY_S`); after `max_failures` in a row it is given up on and the run goes on with the
+others, or stops with a clear message when none is left. A runner that ran `HEALTHY_AFTER_S`
+before failing starts a new series. Ray restarts a dead runner process itself (up to
+`runners.max_restarts`, also on another node when its node is lost); one that Ray no longer
+restarts is re-created here.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import ray
+
+MAX_DELAY_S = 60.0
+HEALTHY_AFTER_S = 60.0
+
+
+class RunnersFailed(RuntimeError):
+    """Every runner was given up on: nothing collects any more."""
+
+
+class RunnerSupervisor:
+    def __init__(self, runners: list[ray.actor.ActorHandle], make_runner: Callable[[int], ray.actor.ActorHandle],
+                 max_failures: int, base_delay: float):
+        self.runners = runners  # updated in place when a runner is re-created
+        self.make_runner = make_runner
+        self.max_failures = max(1, max_failures)
+        self.base_delay = base_delay
+        self.refs: dict[int, ray.ObjectRef] = {}  # the `run` call of each working runner
+        self.started: dict[int, float] = {}
+        self.in_a_row = [0] * len(runners)
+        self.retry_at: dict[int, float] = {}  # runners waiting out their back-off
+        self.dead: set[int] = set()  # runners Ray will not restart: re-created at their next start
+        self.given_up: dict[int, str] = {}  # runner -> its last error
+        self.failures = 0  # over the run
+
+    def start(self) -> None:
+        for index in range(len(self.runners)):
+            self._start(index)
+
+    def check(self) -> None:
+        """Start the runners whose back-off is over; note the `run` calls that ended."""
+        now = time.monotonic()
+        for index, at in list(self.retry_at.items()):
+            if now >= at:
+                del self.retry_at[index]
+                self._start(index)
+        for index, ref in list(self.refs.items()):
+            if not ray.wait([ref], timeout=0)[0]:
+                continue
+            del self.refs[index]
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                self._failed(index, error)
+                continue
+            raise RuntimeError(f"runner {index} stopped before the run ended")
+        if not self.refs and not self.retry_at:
+            last = "; ".join(f"runner {i}: {why}" for i, why in sorted(self.given_up.items()))
+            raise RunnersFailed(f"every runner failed {self.max_failures} times in a row and was given up on ({last}); "
+                                "fix the cause, then `harmonyray resume LOGDIR`")
+
+    def running(self) -> dict[int, ray.ObjectRef]:
+        """The `run` calls in progress (to wait for at shutdown)."""
+        return dict(self.refs)
+
+    def alive(self) -> list[ray.actor.ActorHandle]:
+        """Runners that can still answer calls (not known to be dead)."""
+        return [r for i, r in enumerate(self.runners) if i not in self.dead]
+
+    def metrics(self) -> dict[str, float]:
+        return {"runner/failures": self.failures, "runner/backing_off": len(self.retry_at), "runner/given_up": len(self.given_up)}
+
+    def _start(self, index: int) -> None:
+        if index in self.dead:
+            try:
+                ray.kill(self.runners[index], no_restart=True)
+            except ray.exceptions.RayError:
+                pass  # already gone
+            self.runners[index] = self.make_runner(index)
+            self.dead.discard(index)
+        self.refs[index] = self.runners[index].run.remote()
+        self.started[index] = time.monotonic()
+
+    def _failed(self, index: int, error: ray.exceptions.RayError) -> None:
+        self.failures += 1
+        healthy = time.monotonic() - self.started[index] >= HEALTHY_AFTER_S
+        self.in_a_row[index] = 1 if healthy else self.in_a_row[index] + 1
+        if isinstance(error, ray.exceptions.ActorDiedError):
+            self.dead.add(index)
+        why = describe(error)
+        n = self.in_a_row[index]
+        if n >= self.max_failures:
+            self.given_up[index] = why
+            left = len(self.runners) - len(self.given_up)
+            print(f"runner {index}: given up after {n} failures in a row ({why}); {left} runner(s) go on", file=sys.stderr, flush=True)
+            return
+        delay = min(self.base_delay * 2 ** (n - 1), MAX_DELAY_S)
+        self.retry_at[index] = time.monotonic() + delay
+        print(f"runner {index} failed ({why}); starting it again in {delay:.1f} s (failure {n} of {self.max_failures} in a row)",
+              file=sys.stderr, flush=True)
+
+
+def describe(error: ray.exceptions.RayError) -> str:
+    """One line: the runner's own exception for a task error, else Ray's first line."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
+        error = cause
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
