@@ -15,6 +15,7 @@ import torch
 
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig
+from learner.openloop import openloop_frames
 from learner.spaces import ActionSpec, ObservationSpec
 
 
@@ -51,6 +52,7 @@ class Learner:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._metrics: dict[str, torch.Tensor] = {}
+        self._last_batch: dict[str, np.ndarray] | None = None  # for open-loop videos
         self._staleness: list[float] = []
         self._nonfinite_total = 0
         self._updates_at_last_stats, self._time_at_last_stats = self.agent.updates, time.perf_counter()
@@ -80,6 +82,7 @@ class Learner:
                 with self._lock:
                     metrics = self.agent.train_step(batch)
                     self._metrics = metrics
+                    self._last_batch = batch
                     staleness = self.agent.updates - 1 - float(np.mean(batch["weight_version"]))
                     self._staleness.append(staleness)
                 self._wait_seconds += started - waited
@@ -127,6 +130,15 @@ class Learner:
     def policy_weights(self) -> dict[str, Any]:
         with self._lock:
             return self.agent.policy_weights()
+
+    def openloop_video(self, sequences: int = 4, context: int = 5) -> np.ndarray | None:
+        """The world model's open-loop predictions next to the truth on the last trained batch
+        (uint8 frames, see learner/openloop.py); None before the first update or without images."""
+        with self._lock:
+            if self._last_batch is None or not self.agent.obs_spec.image_keys:
+                return None
+            context = min(context, self.seq_len - 1)
+            return openloop_frames(self.agent.world_model, self._last_batch, context=context, sequences=sequences)
 
     def stop(self) -> None:
         self._stop.set()

@@ -31,6 +31,7 @@ class RunConfig:
     keep_checkpoints: int = 3
     eval_every: int = 0  # env steps between evaluations (0: only at the end)
     eval_episodes: int = 5
+    eval_video: bool = True  # at each evaluation: a greedy episode and open-loop predictions (image envs)
     max_nonfinite_updates: int = 10  # consecutive skipped updates before the run stops
 
 

@@ -34,6 +34,7 @@ from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoin
 from system.cluster import learner_options, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
 from system.metrics import MetricsLogger
+from system.video import save_videos
 from system.supervisor import RunnerSupervisor
 
 CONFIG_FILE = "config.yaml"
@@ -102,6 +103,7 @@ class Run:
         self._evaluator: ray.actor.ActorHandle | None = None
         self._eval_ref: ray.ObjectRef | None = None
         self._eval_step = 0
+        self._video_refs: dict[str, ray.ObjectRef] = {}  # videos of the evaluation in flight
 
     def _model_signature(self) -> dict[str, Any]:
         """What a checkpoint's tensors depend on: network sizes and observation/action shapes."""
@@ -290,9 +292,13 @@ class Run:
         config = self.config
         if self._evaluator is None:
             self._evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(
-                config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent)
+                config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent,
+                slot=config.runners.count * config.runners.envs)
         weights = self.learner.policy_weights.remote()
-        self._eval_ref, self._eval_step = self._evaluator.evaluate.remote(weights, config.run.eval_episodes), env_steps
+        record = config.run.eval_video and bool(self.obs_spec.image_keys)
+        self._eval_ref, self._eval_step = self._evaluator.evaluate.remote(weights, config.run.eval_episodes, record), env_steps
+        if record:  # an episode of this evaluation, and the world model's predictions on its last batch
+            self._video_refs = {"eval": self._evaluator.video.remote(), "openloop": self.learner.openloop_video.remote()}
 
     def _log_finished_evaluation(self, wait: bool = False) -> dict[str, float] | None:
         if self._eval_ref is None or not (wait or ray.wait([self._eval_ref], timeout=0)[0]):
@@ -300,6 +306,10 @@ class Run:
         result = ray.get(self._eval_ref)
         self._eval_ref = None
         self.logger.log(self._eval_step, {f"eval/{k}": v for k, v in result.items()})
+        if self._video_refs:
+            videos = dict(zip(self._video_refs, ray.get(list(self._video_refs.values()))))
+            self._video_refs = {}
+            save_videos(self.logger, self.logdir, self._eval_step, videos)
         return result
 
     def _evaluate(self, env_steps: int) -> float | None:
