@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import ray
@@ -19,6 +20,8 @@ def start_ray(config: RayConfig) -> None:
     to 127.0.0.1 only."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         raise ClusterError("RAY_AUTH_MODE=disabled: HarmonyRay does not run Ray without token authentication; unset it")
+    if config.address and config.address != "auto":
+        check_reachable(config.address)
     if ray.is_initialized():
         return
     options: dict[str, Any] = {"include_dashboard": config.dashboard, "log_to_driver": True}
@@ -35,6 +38,24 @@ def start_ray(config: RayConfig) -> None:
         raise ClusterError(f"cannot start or reach Ray at {where}: {first}") from None
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) address must accept a connection: fail in seconds with
+    a clear line, where `ray.init` would retry for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"ray.address={address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ClusterError(f"cannot reach Ray at {address} ({error.strerror or type(error).__name__}): "
+                           "start the cluster (`ray start --head`) or fix ray.address") from None
+
+
+def check_resources(config: Config) -> None:
+    """What the run asks of the cluster exists (a GPU for the learner, if demanded)."""
+    learner_options(config)
+
+
 def has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -43,8 +64,9 @@ def learner_options(config: Config) -> dict[str, Any]:
     num_gpus = config.learner.num_gpus
     if num_gpus < 0:
         num_gpus = 1.0 if has_gpu() else 0.0
-    if num_gpus > 0 and ray.cluster_resources().get("GPU", 0) < num_gpus:
-        raise ClusterError(f"learner.num_gpus={num_gpus} but the cluster has no GPU: set learner.num_gpus=-1 (auto) or 0")
+    available = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > 0 and available < num_gpus:
+        raise ClusterError(f"learner.num_gpus={num_gpus:g} but the cluster has {available:g} GPU(s): set learner.num_gpus=-1 (auto) or 0, or add GPU nodes")
     if config.agent.device.startswith("cuda") and num_gpus == 0:
         raise ClusterError("agent.device asks for CUDA but the learner gets no GPU: set learner.num_gpus=1 on a GPU cluster, or agent.device=auto")
     options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": config.learner.num_cpus, "max_concurrency": 4}

@@ -31,7 +31,7 @@ from learner.learner_actor import Learner
 from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
 from replay import ReplayService, make_limiter_actor, min_tolerance
 from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from system.cluster import learner_options, runner_options, shard_placement, start_ray
+from system.cluster import check_resources, learner_options, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
 from system.metrics import MetricsLogger
 from system.video import save_videos
@@ -344,8 +344,9 @@ def _answers(refs: list[ray.ObjectRef], timeout: float) -> list[Any]:
 
 def train(config: Config, logdir: str | None = None, progress: bool = True) -> RunSummary:
     probe_env(config)  # a bad environment fails here, before the logdir exists
+    start_ray(config.ray)  # and so do an unreachable cluster and a GPU it does not have
+    check_resources(config)
     path = make_logdir(config, logdir)
-    start_ray(config.ray)
     return Run(config, path, resume=False, progress=progress).execute()
 
 
@@ -355,6 +356,7 @@ def resume(logdir: str, overrides: list[str] | None = None, progress: bool = Tru
     if overrides:
         config = apply_overrides(config, overrides)
     start_ray(config.ray)
+    check_resources(config)
     return Run(config, path, resume=True, progress=progress).execute()
 
 

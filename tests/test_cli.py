@@ -22,11 +22,20 @@ BAD_TRAIN = [
     (["--config", "cartpole", "agent.model.size=XXL"], "unknown model size"),
     (["--config", "cartpole", "agent.harmony.mode=softmax"], "agent.harmony.mode"),
     (["--config", "cartpole", "run.steps"], "is not key=value"),
+    (["--config", "cartpole", "ray.address=127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1"),
+    (["--config", "cartpole", "learner.num_gpus=64"], "learner.num_gpus=64 but the cluster has"),
+    (["--config", "cartpole", "agent.device=cuda", "learner.num_gpus=0"], "agent.device asks for CUDA"),
+    (["--config", "cartpole", "train.train_ratio=0"], "train.train_ratio must be positive"),
+    (["--config", "cartpole", "train.prefill=100"], "must be at least one batch"),
+    (["--config", "cartpole", "train.batch_size=64", "replay.capacity=2000"], "must be at least one batch"),
+    (["--config", "cartpole", "replay.shards=100", "replay.capacity=1000"], "longer than a replay shard holds"),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_TRAIN, ids=[a[-1] for a, _ in BAD_TRAIN])
-def test_bad_train_input(args, message, tmp_path, capsys):
+def test_bad_train_input(args, message, tmp_path, capsys, request):
+    if "learner.num_gpus=64" in args:  # checked against the cluster's resources: start it as the other tests do
+        request.getfixturevalue("ray_local")
     logdir = tmp_path / "run"
     assert main(["train", "--logdir", str(logdir), *args]) == 2
     err = capsys.readouterr().err.strip()
