@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     eval_p = sub.add_parser("eval", help="greedy evaluation episodes with a run's last checkpoint")
     eval_p.add_argument("logdir")
     eval_p.add_argument("--episodes", type=int, default=None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command == "eval" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # overrides after an option (`resume LOGDIR --no-progress run.steps=...`) that argparse left over
+        args.overrides += extra
     try:
         return _dispatch(args)
     except USER_ERRORS as error:

@@ -47,6 +47,8 @@ def test_bad_train_input(args, message, tmp_path, capsys, request):
 def test_resume_and_eval_reject_foreign_directories(tmp_path, capsys):
     assert main(["resume", str(tmp_path)]) == 2
     assert "not a HarmonyRay run directory" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path), "--no-progress", "run.steps=5"]) == 2, "overrides may follow options"
+    assert "not a HarmonyRay run directory" in capsys.readouterr().err
 
 
 def test_corrupt_and_foreign_checkpoints_are_rejected(tmp_path, capsys):
