@@ -1,0 +1,246 @@
+"""Harmony ablation: does the rectified harmonizer learn a small pixel task faster than fixed weights?
+
+The task is Catch, defined here: a ball falls down an 8x8 grid, the agent moves a paddle along the
+bottom row (left, stay, right), +1 for a catch and -1 for a miss, five balls per episode (35 steps,
+returns in [-5, 5]; a random policy scores about -3.3). The agent sees only the 16x16 RGB frame.
+Each mode trains with the single-process loop (system/local_loop.py) on 3 seeds:
+
+    rectified   HarmonyDream: learnable sigma per task, L/sigma + log(1 + sigma)
+    off         DreamerV3's fixed scales (observation 1, reward 1, dynamics 0.6)
+    fixed       fixed scales with a large reward weight (`--reward-weight`, 100): the paper's
+                finding 1, that the observation loss crowds out reward modelling
+
+The rectified runs also log each task's sigma next to the closed-form equilibrium for the task's
+current loss L, sigma* = (L + sqrt(L^2 + 4L)) / 2 (learner.harmonizer.rectified_equilibrium).
+
+Usage: python -m bench.harmony_ablation [--quick] [--steps 6000] [--seeds 0 1 2] [--jobs 2] [--plot PATH]
+The default (3 modes x 3 seeds x 6,000 env steps, two runs at a time) takes ~20-25 minutes on 2
+cores; --quick (one seed, 1,500 steps) is a smoke check of ~2-3 minutes. The last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+ENV_ID = "HarmonyRayCatch-v0"
+ENV_NAME = f"gym:bench.harmony_ablation:{ENV_ID}"  # gymnasium imports this module to find the id
+MODES = ("rectified", "off", "fixed")
+TASKS = ("observation", "reward", "dynamics")
+
+
+class Catch(gymnasium.Env):
+    """Catch the falling balls; rendered at 2x2 pixels per cell (16x16 for the 8x8 grid)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode: str | None = None, size: int = 8, balls: int = 5) -> None:
+        self.render_mode, self.size, self.balls = render_mode, size, balls
+        self.observation_space = spaces.Box(0.0, 1.0, (2, size, size), np.float32)
+        self.action_space = spaces.Discrete(3)
+        self.ball, self.paddle, self.left = (0, 0), size // 2, balls
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.paddle, self.left = self.size // 2, self.balls
+        self._drop()
+        return self._grid(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.paddle = int(np.clip(self.paddle + int(action) - 1, 0, self.size - 1))
+        self.ball = (self.ball[0] + 1, self.ball[1])
+        reward, terminated = 0.0, False
+        if self.ball[0] == self.size - 1:
+            reward = 1.0 if self.ball[1] == self.paddle else -1.0
+            terminated = self.left == 0
+            if not terminated:
+                self._drop()
+        return self._grid(), reward, terminated, False, {}
+
+    def render(self) -> np.ndarray:
+        grid = self._grid()
+        image = np.zeros((self.size, self.size, 3), np.uint8)
+        image[grid[0] > 0] = (255, 255, 255)
+        image[grid[1] > 0] = (0, 200, 255)
+        return np.repeat(np.repeat(image, 2, 0), 2, 1)
+
+    def _drop(self) -> None:
+        self.ball = (0, int(self.np_random.integers(self.size)))
+        self.left -= 1
+
+    def _grid(self) -> np.ndarray:
+        grid = np.zeros((2, self.size, self.size), np.float32)
+        grid[0][self.ball] = 1.0
+        grid[1][self.size - 1, self.paddle] = 1.0
+        return grid
+
+
+if ENV_ID not in gymnasium.registry:
+    gymnasium.register(ENV_ID, entry_point=Catch)
+
+
+def run_config(mode: str, seed: int, steps: int, reward_weight: float, overrides: list[str]):
+    """The CartPole preset's small, fast-learning agent, shrunk further for 16x16 frames."""
+    from system.config import load_config
+
+    return load_config("cartpole", [
+        f"env.name={ENV_NAME}", "env.options.pixels=true", "env.options.size=16",
+        f"run.steps={steps}", f"run.seed={seed}", "run.eval_every=500", "run.eval_episodes=10",
+        "agent.model.deter=128", "agent.model.hidden=128", "agent.model.cnn_depth=8",
+        "train.batch_size=8", "train.seq_len=32", "train.train_ratio=64", "train.prefill=500",
+        f"agent.harmony.mode={mode}", f"agent.harmony.weights.reward={reward_weight}", *overrides,
+    ])
+
+
+def train_one(mode: str, seed: int, steps: int, reward_weight: float, overrides: list[str], threads: int) -> dict[str, Any]:
+    """One run in a worker process: its episodes, evaluations and the harmonizer's trace."""
+    import torch
+
+    from system.local_loop import run_local
+
+    torch.set_num_threads(threads)
+    config = run_config(mode, seed, steps, reward_weight, overrides)
+    trace: list[dict[str, float]] = []
+
+    def report(row: dict) -> None:
+        if f"harmony/{TASKS[0]}/loss" in row:
+            trace.append({"step": row["step"], **{k: row[k] for k in row if k.startswith("harmony/")}})
+
+    result = run_local(config, report)
+    print(f"{mode} seed {seed}: {result.env_steps} steps, {result.updates} updates, {result.seconds:.0f} s, "
+          f"last eval {result.evals[-1][1] if result.evals else float('nan'):.2f}", file=sys.stderr, flush=True)
+    return {
+        "mode": mode, "seed": seed, "seconds": result.seconds, "updates": result.updates, "env_steps": result.env_steps,
+        "episodes": [(step, e.ret) for step, e in result.episodes], "evals": result.evals, "trace": trace,
+    }
+
+
+def final_train_return(run: dict[str, Any], fraction: float = 0.2) -> float:
+    """Mean return of the episodes that ended in the last `fraction` of the run's env steps."""
+    cut = run["env_steps"] * (1 - fraction)
+    returns = [ret for step, ret in run["episodes"] if step >= cut]
+    return float(np.mean(returns)) if returns else float("nan")
+
+
+def sigma_vs_equilibrium(runs: list[dict[str, Any]], fraction: float = 0.2) -> dict[str, dict[str, float]]:
+    """Per task, over the last `fraction` of each rectified run: mean sigma, the equilibrium of the
+    mean loss, and their ratio (1.0: sigma sits where the closed form says)."""
+    from learner.harmonizer import rectified_equilibrium
+
+    out: dict[str, dict[str, float]] = {}
+    for task in TASKS:
+        sigmas, losses = [], []
+        for run in runs:
+            cut = run["env_steps"] * (1 - fraction)
+            rows = [r for r in run["trace"] if r["step"] >= cut and f"harmony/{task}/sigma" in r]
+            sigmas += [r[f"harmony/{task}/sigma"] for r in rows]
+            losses += [r[f"harmony/{task}/loss"] for r in rows]
+        if sigmas:
+            star = rectified_equilibrium(float(np.mean(losses)))
+            out[task] = {"loss": round(float(np.mean(losses)), 4), "sigma": round(float(np.mean(sigmas)), 4),
+                         "equilibrium": round(star, 4), "ratio": round(float(np.mean(sigmas)) / star, 3)}
+    return out
+
+
+def curve(run: dict[str, Any], grid: np.ndarray) -> np.ndarray:
+    """Mean return of the last 10 episodes ended by each grid step (NaN before the 10th)."""
+    steps = np.array([s for s, _ in run["episodes"]])
+    rets = np.array([r for _, r in run["episodes"]])
+    out = np.full(len(grid), np.nan)
+    for i, g in enumerate(grid):
+        done = rets[steps <= g]
+        if len(done) >= 10:
+            out[i] = done[-10:].mean()
+    return out
+
+
+def plot(path: str, runs: list[dict[str, Any]], steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from learner.harmonizer import rectified_equilibrium
+
+    grid = np.linspace(0, steps, 61)[1:]
+    fig, axes = plt.subplots(1, 1 + len(TASKS), figsize=(5 * (1 + len(TASKS)), 4))
+    for mode in MODES:
+        curves = np.array([curve(r, grid) for r in runs if r["mode"] == mode])
+        if not len(curves):
+            continue
+        mean = np.nanmean(curves, 0)
+        axes[0].plot(grid, mean, label=f"{mode} ({len(curves)} seeds)")
+        if len(curves) > 1:
+            axes[0].fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
+    axes[0].set(title="Catch 16x16: training return (last 10 episodes)", xlabel="env steps", ylabel="return")
+    axes[0].legend()
+    for ax, task in zip(axes[1:], TASKS):
+        for run in (r for r in runs if r["mode"] == "rectified"):
+            rows = [r for r in run["trace"] if f"harmony/{task}/sigma" in r]
+            x = [r["step"] for r in rows]
+            line, = ax.plot(x, [r[f"harmony/{task}/sigma"] for r in rows], lw=1)
+            ax.plot(x, [rectified_equilibrium(r[f"harmony/{task}/loss"]) for r in rows], ls=":", lw=1, color=line.get_color())
+        ax.set(title=f"{task}: sigma (solid) vs equilibrium of its loss (dotted)", xlabel="env steps", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6000, help="env steps per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--reward-weight", type=float, default=100.0, help="reward weight of the `fixed` mode")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets --threads torch threads)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke check: seed 0, 1,500 steps")
+    parser.add_argument("--plot", help="write the learning curves and sigmas to this PNG")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds = 1500, [0]
+    try:
+        run_config(args.modes[0], 0, args.steps, args.reward_weight, args.overrides)
+    except ValueError as error:
+        print(f"harmony_ablation: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("harmony_ablation: --plot needs matplotlib: install the `dev` extra (pip install -e '.[dev]')", file=sys.stderr)
+            sys.exit(2)
+    start = time.perf_counter()
+    jobs = [(m, s, args.steps, args.reward_weight, args.overrides, args.threads) for s in args.seeds for m in args.modes]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(train_one, *zip(*jobs)))
+    result: dict[str, Any] = {"task": "catch-16x16", "env_steps": args.steps, "seeds": args.seeds, "reward_weight_fixed": args.reward_weight}
+    for mode in args.modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        finals = [final_train_return(r) for r in mine]
+        evals = [r["evals"][-1][1] for r in mine if r["evals"]]
+        result[mode] = {
+            "final_train_return": round(float(np.mean(finals)), 3), "final_train_return_std": round(float(np.std(finals)), 3),
+            "final_eval_return": round(float(np.mean(evals)), 3) if evals else None,
+            "per_seed_train": [round(f, 3) for f in finals], "per_seed_eval": [round(e, 3) for e in evals],
+            "updates": mine[0]["updates"], "seconds_per_run": round(float(np.mean([r["seconds"] for r in mine])), 1),
+        }
+    rectified = [r for r in runs if r["mode"] == "rectified"]
+    if rectified:
+        result["sigma_vs_equilibrium"] = sigma_vs_equilibrium(rectified)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    if args.plot:
+        plot(args.plot, runs, args.steps)
+        result["plot"] = args.plot
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
