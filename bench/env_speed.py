@@ -1,9 +1,11 @@
-"""Raw environment speed: steps per second of one env per suite, random actions, in this process.
+"""Environment speed per suite: raw steps/s of one env, and steps/s of the same env inside a runner.
 
-This is the ceiling an actor can reach on one core before any policy, transport or replay cost;
-compare it with the in-runner rate to see what the rest of the actor costs.
+Raw: random actions in this process, the ceiling an actor can reach on one core. In-runner: one env
+in a real EnvRunner actor on a local Ray cluster, acting with a tiny model's policy (or at random)
+and sending its chunks to a real replay service, as in training; the difference is what the rest of
+the actor costs (policy inference, bookkeeping, chunking, transport).
 
-    python bench/env_speed.py [--seconds 5] [--envs atari:Pong crafter:reward]
+    python -m bench.env_speed [--seconds 5] [--envs atari:Pong crafter:reward] [--policy random]
 
 Prints one line per env, then one JSON line with every number.
 """
@@ -13,11 +15,19 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 
 import numpy as np
+import ray
 
 from actors.envs import MissingDependencyError, make_env
+from actors.runner import EnvRunner
+from actors.specs import specs_from_spaces
+from learner.agent import Agent
+from learner.broadcast import make_weight_board
+from learner.config import AgentConfig, ModelConfig
+from replay import ReplayService
 
 DEFAULT_ENVS = (
     "gym:CartPole-v1",
@@ -62,10 +72,53 @@ def raw_speed(name: str, seconds: float) -> dict[str, float]:
     }
 
 
+def in_runner_speed(name: str, seconds: float, policy: str, chunk_length: int = 64) -> dict[str, float]:
+    """Steps/s of one env of `name` inside an EnvRunner, measured over `seconds` after a warm-up.
+
+    `policy="tiny"` publishes a tiny model's weights first, so the runner acts through the agent's
+    policy step as in training; `"random"` leaves it acting at random (the prefill).
+    """
+    config = AgentConfig(model=ModelConfig(size="debug", reward_bins=31))
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as root:
+        replay = ReplayService.create(1, root, 1_000_000)
+        board = make_weight_board()
+        if policy == "tiny":
+            env = make_env(name, seed=0)
+            agent = Agent(*specs_from_spaces(env.observation_space, env.action_space), config, device="cpu")
+            env.close()
+            ray.get(board.publish.remote(1, [ray.put(agent.policy_weights())]))
+        runner = ray.remote(EnvRunner).options(num_cpus=0, max_concurrency=4).remote(  # stats while running
+            0, name, {}, 1, chunk_length, 0, config, replay, board)
+        try:
+            running = runner.run.remote()
+            while ray.get(runner.stats.remote())["env_steps"] < 2 * chunk_length:  # warm-up, weights in
+                time.sleep(0.2)
+            start = ray.get(runner.stats.remote())
+            time.sleep(seconds)
+            end = ray.get(runner.stats.remote())
+            ray.get(runner.stop.remote())
+            ray.get(running)
+            ray.get(runner.flush.remote())  # no insert in flight when the shard goes
+        finally:
+            ray.kill(runner)
+            for shard in replay.shards:
+                ray.kill(shard)
+    if policy == "tiny" and end["weight_version"] != 1:
+        raise RuntimeError(f"{name}: the runner did not pick up the tiny policy's weights")
+    return {
+        "steps_per_s": end["env_steps_per_s"],
+        "steps": end["env_steps"] - start["env_steps"],
+        "chunks_inserted": end["chunks_inserted"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per env")
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), help="env names to measure")
+    parser.add_argument("--policy", choices=("tiny", "random"), default="tiny",
+                        help="what the runner acts with: a tiny model's policy step, or random actions")
+    parser.add_argument("--no-runner", action="store_true", help="measure raw speed only")
     args = parser.parse_args()
 
     raw: dict[str, dict[str, float]] = {}
@@ -84,19 +137,29 @@ def main() -> None:
             f"{result['episodes']} episodes, made in {result['make_s']:.2f} s)"
         )
 
-    # ---------------------------------------------------------------------------------------------
-    # IN-RUNNER MEASUREMENT (to be added by the lead): the same envs stepped through the actor's
-    # env runner (policy inference, episode bookkeeping, sends to replay), reported next to the raw
-    # rates above under the key "in_runner_steps_per_s", with "runner_overhead" = 1 - in_runner/raw.
-    # ---------------------------------------------------------------------------------------------
+    runner: dict[str, dict[str, float]] = {}
+    if raw and not args.no_runner:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # our own
+        for name in raw:
+            runner[name] = result = in_runner_speed(name, args.seconds, args.policy)
+            print(
+                f"{name:<22} {result['steps_per_s']:>10,.0f} steps/s in a runner ({args.policy} policy, "
+                f"{1 - result['steps_per_s'] / raw[name]['steps_per_s']:.0%} below raw)"
+            )
+        ray.shutdown()
 
     print(json.dumps({
         "bench": "env_speed",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__},
         "seconds_per_env": args.seconds,
+        "policy": args.policy,
         "raw_steps_per_s": {name: round(result["steps_per_s"], 1) for name, result in raw.items()},
+        "in_runner_steps_per_s": {name: round(result["steps_per_s"], 1) for name, result in runner.items()},
+        "runner_overhead": {name: round(1 - result["steps_per_s"] / raw[name]["steps_per_s"], 3)
+                            for name, result in runner.items()},
         "raw": raw,
+        "in_runner": runner,
         "skipped": skipped,
     }))
 
