@@ -161,11 +161,13 @@ def make_limiter_actor(
     max_sample_steps: int,
     *,
     name: str | None = "replay_limiter",
+    placement: dict[str, Any] | None = None,
 ) -> ray.actor.ActorHandle:
     """Start the limiter as a (by default named) Ray actor, validating the settings here so a bad
-    tolerance fails with ValueError in the caller rather than later inside the actor."""
+    tolerance fails with ValueError in the caller rather than later inside the actor. ``placement``
+    holds Ray actor options that decide where it runs (e.g. ``scheduling_strategy``)."""
     check_limits(samples_per_insert, min_size, tolerance, max_insert_steps, max_sample_steps)
-    options: dict[str, Any] = {"num_cpus": 0}
+    options: dict[str, Any] = {"num_cpus": 0, **(placement or {})}
     if name is not None:
         options["name"] = name
     return (

@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from system.config import Config, RayConfig
 
@@ -73,6 +74,13 @@ def learner_options(config: Config) -> dict[str, Any]:
     if config.learner.resources:
         options["resources"] = dict(config.learner.resources)
     return options
+
+
+def on_driver_node() -> dict[str, Any]:
+    """Actor options for the run's singletons (rate limiter, weight board): on the driver's node,
+    so that they share the driver's fate instead of dying with whatever worker they landed on."""
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
 def runner_options(config: Config) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from learner.learner_actor import Learner
 from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
 from replay import ReplayService, make_limiter_actor, min_tolerance
 from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from system.cluster import check_resources, learner_options, runner_options, shard_placement, start_ray
+from system.cluster import check_resources, learner_options, on_driver_node, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
 from system.metrics import MetricsLogger
 from system.video import save_videos
@@ -119,7 +119,7 @@ class Run:
         start = time.perf_counter()
         batch_steps = train.batch_size * train.seq_len
         tolerance = max(train.tolerance * batch_steps, min_tolerance(train.train_ratio, config.runners.chunk_length, batch_steps))
-        self.limiter = make_limiter_actor(train.train_ratio, train.prefill, tolerance, config.runners.chunk_length, batch_steps, name=None)
+        self.limiter = make_limiter_actor(train.train_ratio, train.prefill, tolerance, config.runners.chunk_length, batch_steps, name=None, placement=on_driver_node())
         if self.checkpoint:
             ray.get(self.limiter.load_state.remote(self.checkpoint["limiter"]))
         self.replay = ReplayService.create(
@@ -127,7 +127,7 @@ class Run:
             limiter=self.limiter, mode=config.replay.sampling, seed=config.run.seed,
             num_cpus=config.replay.num_cpus, placement=shard_placement(config),
         )
-        self.board = make_weight_board()
+        self.board = make_weight_board(**on_driver_node())
         self.learner = ray.remote(Learner).options(**learner_options(config)).remote(
             self.obs_spec, self.act_spec, config.agent, self.replay, self.board,
             train.batch_size, train.seq_len, train.publish_every, train.prefetch,

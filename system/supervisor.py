@@ -5,8 +5,9 @@ created) is started again after a delay that doubles with each failure in a row 
 `MAX_DELAY_S`); after `max_failures` in a row it is given up on and the run goes on with the
 others, or stops with a clear message when none is left. A runner that ran `HEALTHY_AFTER_S`
 before failing starts a new series. Ray restarts a dead runner process itself (up to
-`runners.max_restarts`, also on another node when its node is lost); one that Ray no longer
-restarts is re-created here.
+`runners.max_restarts`, also on another node when its node is lost): calls fail fast while it
+restarts, so such a runner is probed every `RESTART_POLL_S` until it answers (one failure, however
+long the restart takes, up to `RESTART_WAIT_S`). One that Ray no longer restarts is re-created here.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import ray
 
 MAX_DELAY_S = 60.0
 HEALTHY_AFTER_S = 60.0
+RESTART_POLL_S = 1.0
+RESTART_WAIT_S = 300.0
 
 
 class RunnersFailed(RuntimeError):
@@ -36,6 +39,8 @@ class RunnerSupervisor:
         self.in_a_row = [0] * len(runners)
         self.retry_at: dict[int, float] = {}  # runners waiting out their back-off
         self.dead: set[int] = set()  # runners Ray will not restart: re-created at their next start
+        self.restarting: dict[int, float] = {}  # runners Ray is restarting -> since when
+        self.probes: dict[int, ray.ObjectRef] = {}  # is a restarting runner back?
         self.given_up: dict[int, str] = {}  # runner -> its last error
         self.failures = 0  # over the run
 
@@ -49,7 +54,14 @@ class RunnerSupervisor:
         for index, at in list(self.retry_at.items()):
             if now >= at:
                 del self.retry_at[index]
-                self._start(index)
+                if index in self.restarting:
+                    self.probes[index] = self.runners[index].where.remote()
+                else:
+                    self._start(index)
+        for index, probe in list(self.probes.items()):
+            if ray.wait([probe], timeout=0)[0]:
+                del self.probes[index]
+                self._probed(index, probe)
         for index, ref in list(self.refs.items()):
             if not ray.wait([ref], timeout=0)[0]:
                 continue
@@ -60,7 +72,7 @@ class RunnerSupervisor:
                 self._failed(index, error)
                 continue
             raise RuntimeError(f"runner {index} stopped before the run ended")
-        if not self.refs and not self.retry_at:
+        if not self.refs and not self.retry_at and not self.probes:
             last = "; ".join(f"runner {i}: {why}" for i, why in sorted(self.given_up.items()))
             raise RunnersFailed(f"every runner failed {self.max_failures} times in a row and was given up on ({last}); "
                                 "fix the cause, then `harmonyray resume LOGDIR`")
@@ -70,11 +82,12 @@ class RunnerSupervisor:
         return dict(self.refs)
 
     def alive(self) -> list[ray.actor.ActorHandle]:
-        """Runners that can still answer calls (not known to be dead)."""
-        return [r for i, r in enumerate(self.runners) if i not in self.dead]
+        """Runners that can answer calls now (not dead, not waiting for Ray to restart them)."""
+        return [r for i, r in enumerate(self.runners) if i not in self.dead and i not in self.restarting]
 
     def metrics(self) -> dict[str, float]:
-        return {"runner/failures": self.failures, "runner/backing_off": len(self.retry_at), "runner/given_up": len(self.given_up)}
+        return {"runner/failures": self.failures, "runner/backing_off": len(set(self.retry_at) - set(self.restarting)),
+                "runner/restarting": len(self.restarting), "runner/given_up": len(self.given_up)}
 
     def _start(self, index: int) -> None:
         if index in self.dead:
@@ -87,16 +100,36 @@ class RunnerSupervisor:
         self.refs[index] = self.runners[index].run.remote()
         self.started[index] = time.monotonic()
 
+    def _probed(self, index: int, probe: ray.ObjectRef) -> None:
+        try:
+            ray.get(probe)
+        except ray.exceptions.ActorUnavailableError as error:
+            if time.monotonic() - self.restarting[index] < RESTART_WAIT_S:
+                self.retry_at[index] = time.monotonic() + RESTART_POLL_S  # still restarting: not another failure
+                return
+            self.restarting.pop(index)
+            self._failed(index, error)
+            return
+        except ray.exceptions.RayError as error:
+            self.restarting.pop(index)
+            self._failed(index, error)
+            return
+        del self.restarting[index]
+        self._start(index)  # back after Ray's restart
+
     def _failed(self, index: int, error: ray.exceptions.RayError) -> None:
         self.failures += 1
         healthy = time.monotonic() - self.started[index] >= HEALTHY_AFTER_S
         self.in_a_row[index] = 1 if healthy else self.in_a_row[index] + 1
         if isinstance(error, ray.exceptions.ActorDiedError):
             self.dead.add(index)
+        elif isinstance(error, ray.exceptions.ActorUnavailableError):
+            self.restarting[index] = time.monotonic()
         why = describe(error)
         n = self.in_a_row[index]
         if n >= self.max_failures:
             self.given_up[index] = why
+            self.restarting.pop(index, None)
             left = len(self.runners) - len(self.given_up)
             print(f"runner {index}: given up after {n} failures in a row ({why}); {left} runner(s) go on", file=sys.stderr, flush=True)
             return
