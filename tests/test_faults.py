@@ -152,21 +152,29 @@ def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(r["step"] >= 700 for r in read_metrics(logdir)):
             time.sleep(0.2)
-        acknowledged.update(ray_local.get(run.runners[0].inserted_ids.remote()))
+        for runner in run.runners:
+            acknowledged.update(ray_local.get(runner.inserted_ids.remote()))
+        killed.extend(run.runners)
         ray_local.kill(run.runners[0], no_restart=False)  # SIGKILL-like: Ray restarts it
+        ray_local.kill(run.runners[1], no_restart=True)  # gone for good: the driver makes a new one
         shard = run.replay.shards[0]
         pid = ray_local.get(shard.stats.remote())["pid"]
         os.kill(pid, signal.SIGKILL)
 
+    killed: list = []
     injector = threading.Thread(target=inject)
     injector.start()
     summary = run.execute()
     injector.join()
     assert acknowledged, "the faults hit a running system"
     assert summary.env_steps >= 1600 and summary.updates > 0
+    assert run.runners[0] is killed[0] and run.runners[1] is not killed[1], "Ray restarted one, the driver re-created the other"
     for runner in run.runners:
         acknowledged.update(ray_local.get(runner.inserted_ids.remote()))
     assert acknowledged <= set(run.replay.ids()), "every acknowledged chunk survived"
+    rows = [r for r in read_metrics(logdir) if "runner/failures" in r]
+    assert rows[-1]["runner/failures"] == 2 and rows[-1]["runner/given_up"] == 0
+    assert rows[-1]["runner/min_weight_version"] > 0, "both runners came back and act with published weights"
 
 
 def test_crash_looping_runner_is_backed_off_then_given_up_while_others_go_on(ray_local, tmp_path, capfd):
