@@ -6,6 +6,8 @@ Pixel presets also write their evaluation videos.
 """
 from __future__ import annotations
 
+import gc
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -18,7 +20,7 @@ from system.video import FPS, VIDEO_DIR
 
 TINY = [
     "agent.model.size=debug", "agent.model.reward_bins=31", "agent.behavior.horizon=5",
-    "train.batch_size=4", "train.seq_len=8", "train.train_ratio=8", "train.prefill=64",
+    "train.batch_size=4", "train.seq_len=8", "train.train_ratio=2", "train.prefill=64",
     "train.publish_every=2", "runners.chunk_length=8", "runners.num_cpus=0.5", "learner.num_cpus=1",
     "learner.threads=1", "runners.count=1", "replay.shards=1", "replay.capacity=5000",
     "run.steps=200", "run.eval_every=0", "run.eval_episodes=1", "run.log_every=0.5", "run.checkpoint_every=1000", "wandb.mode=disabled",
@@ -26,11 +28,22 @@ TINY = [
 # Shorter episodes where the preset's would outlast the run (options of the same env).
 PRESETS = {
     "cartpole": [],
-    "atari100k": ["env.options.max_frames=1200"],
+    "atari100k": ["env.options.max_frames=800"],
     "crafter": ["env.options.length=120", "run.eval_every=100", "wandb.mode=offline"],
     "metaworld": ["env.options.length=100"],
 }
 METRIC = {"atari100k": "eval/human_normalized_score", "crafter": "eval/crafter_score", "metaworld": "eval/success"}
+
+
+@pytest.fixture(autouse=True)
+def release_actors(ray_local):
+    """A finished run's actors keep their CPUs until its Run object is collected (it sits in a
+    reference cycle), and the next run's actors would wait for them: collect, wait until free."""
+    yield
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def play_time(path: Path) -> float:
