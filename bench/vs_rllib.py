@@ -235,11 +235,12 @@ def plot(path: str, results: dict[str, dict[str, Any]]) -> None:
 
     envs = list(results)
     fig, axes = plt.subplots(1, 1 + len(envs), figsize=(5 * (1 + len(envs)), 4))
+    groups = [(e, key, f"{e}\n{label}") for e in envs for key, label in (("seconds_per_1k_steps", "wall"), ("cpu_seconds_per_1k_steps", "CPU"))]
     for i, system in enumerate(("harmonyray", "rllib")):
-        values = [results[e][system]["seconds_per_1k_steps"] or 0 for e in envs]
-        axes[0].bar([j + 0.4 * i for j in range(len(envs))], values, width=0.4, label=system)
-    axes[0].set_xticks([j + 0.2 for j in range(len(envs))], envs)
-    axes[0].set(title="wall seconds per 1,000 env steps (lower is better)", yscale="log")
+        values = [results[e][system][key] or 0 for e, key, _ in groups]
+        axes[0].bar([j + 0.4 * i - 0.2 for j in range(len(groups))], values, width=0.4, label=system)
+    axes[0].set_xticks(range(len(groups)), [label for _, _, label in groups])
+    axes[0].set(title="seconds per 1,000 env steps (lower is better)", yscale="log")
     axes[0].legend()
     for ax, env in zip(axes[1:], envs):
         for system in ("harmonyray", "rllib"):
