@@ -16,6 +16,7 @@ from typing import Any
 from system.config import WandbConfig
 
 RUN_ID_FILE = "wandb_run_id"
+STEP_KEY = "env_step"
 
 
 def wandb_mode(config: WandbConfig) -> str:
@@ -40,6 +41,11 @@ class MetricsLogger:
                 project=config.project, entity=config.entity, group=config.group, name=name,
                 id=run_id, resume="allow", mode=mode, dir=str(logdir), config=run_config,
             )
+            # Rows are keyed by env step as a field, not W&B's own step: W&B drops a row whose step
+            # is below one already logged, and an evaluation is logged at the (earlier) step it
+            # started at, after the training rows that followed it.
+            self._wandb.define_metric(STEP_KEY)
+            self._wandb.define_metric("*", step_metric=STEP_KEY)
 
     @property
     def wandb_dir(self) -> str | None:
@@ -49,11 +55,11 @@ class MetricsLogger:
         row = {"step": int(step), **{k: _clean(v) for k, v in values.items()}}
         self._file.write(json.dumps(row) + "\n")
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=int(step))
+            self._wandb.log({**{k: v for k, v in row.items() if k != "step" and v is not None}, STEP_KEY: int(step)})
 
     def log_media(self, step: int, key: str, media: Any) -> None:
         if self._wandb is not None:
-            self._wandb.log({key: media}, step=int(step))
+            self._wandb.log({key: media, STEP_KEY: int(step)})
 
     def close(self) -> None:
         self._file.close()
