@@ -32,7 +32,7 @@ def start_ray(config: RayConfig) -> None:
         if config.address:
             ray.init(address=config.address, **{k: v for k, v in options.items() if k == "log_to_driver"})
         else:
-            ray.init(num_cpus=config.num_cpus, **options)
+            ray.init(address="local", num_cpus=config.num_cpus, **options)  # never join a `ray start` cluster by accident
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = config.address or "the embedded cluster"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
