@@ -135,7 +135,8 @@ class RunnerSupervisor:
             return
         delay = min(self.base_delay * 2 ** (n - 1), MAX_DELAY_S)
         self.retry_at[index] = time.monotonic() + delay
-        print(f"runner {index} failed ({why}); starting it again in {delay:.1f} s (failure {n} of {self.max_failures} in a row)",
+        what = "Ray restarts its process, asking it back in" if index in self.restarting else "starting it again in"
+        print(f"runner {index} failed ({why}); {what} {delay:.1f} s (failure {n} of {self.max_failures} in a row)",
               file=sys.stderr, flush=True)
 
 

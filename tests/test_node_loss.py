@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import ray
 from test_runtime import tiny_config
 
 from system.driver import Run, make_logdir
@@ -13,7 +14,6 @@ from system.metrics import read_metrics
 
 def test_runners_and_shards_of_a_lost_node_come_back_on_the_others(ray_multinode, tmp_path):
     cluster, workers = ray_multinode
-    ray = __import__("ray")
     config = tiny_config(
         "run.steps=800", "train.train_ratio=4", "runners.count=2", "runners.resources={collector: 0.4}", "runners.restart_delay=0.5",
         "learner.resources={head: 1}", "learner.num_cpus=0.5", "run.eval_episodes=0",
