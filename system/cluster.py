@@ -97,7 +97,11 @@ def runner_options(config: Config) -> dict[str, Any]:
 
 
 def shard_placement(config: Config) -> dict[str, Any]:
-    """Replay shards spread over the nodes that have what they ask for (memory, resources)."""
+    """Replay shards spread over the nodes that have what they ask for (memory, resources).
+
+    SPREAD is a preference, not a pin: when a node is lost, Ray re-creates its shards (and runners)
+    on the nodes left, where they reload their files from the shared logdir. A resource that only
+    one node has (e.g. `{worker1: 0.5}`) pins them: they then wait for that node to come back."""
     options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
     if config.replay.memory_gb > 0:
         options["memory"] = int(config.replay.memory_gb * 2**30)
