@@ -96,7 +96,8 @@ def run_config(mode: str, seed: int, steps: int, reward_weight: float, overrides
         f"run.steps={steps}", f"run.seed={seed}", "run.eval_every=500", "run.eval_episodes=10",
         "agent.model.deter=128", "agent.model.hidden=128", "agent.model.cnn_depth=8",
         "train.batch_size=8", "train.seq_len=32", "train.train_ratio=64", "train.prefill=500",
-        f"agent.harmony.mode={mode}", f"agent.harmony.weights.reward={reward_weight}", *overrides,
+        f"agent.harmony.mode='{mode}'",  # quoted: YAML reads a bare off as the boolean false
+        *([f"agent.harmony.weights.reward={reward_weight}"] if mode == "fixed" else []), *overrides,
     ])
 
 
