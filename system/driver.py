@@ -150,6 +150,22 @@ class Run:
         self.logger.close()
         return RunSummary(str(self.logdir), env_steps, updates, ratio, eval_return, time.perf_counter() - start)
 
+    def execute_and_release(self) -> RunSummary:
+        """`execute`, then free the run's actors and their CPUs at once (a later run in the same
+        process would otherwise wait for the garbage collector). Everything is on disk by then."""
+        try:
+            return self.execute()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        actors = [*getattr(self, "runners", []), getattr(self, "learner", None), self._evaluator,
+                  *(self.replay.shards if hasattr(self, "replay") else []),
+                  getattr(self, "limiter", None), getattr(self, "board", None)]
+        for actor in actors:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+
     # ------------------------------------------------------------------ setup
     def _make_runner(self, index: int) -> ray.actor.ActorHandle:
         config = self.config
@@ -291,7 +307,7 @@ class Run:
         """Greedy episodes on the evaluator actor, with the current weights, while training goes on."""
         config = self.config
         if self._evaluator is None:
-            self._evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(
+            self._evaluator = ray.remote(Evaluator).options(num_cpus=0, **on_driver_node()).remote(
                 config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent,
                 slot=config.runners.count * config.runners.envs)
         weights = self.learner.policy_weights.remote()
@@ -347,7 +363,7 @@ def train(config: Config, logdir: str | None = None, progress: bool = True) -> R
     start_ray(config.ray)  # and so do an unreachable cluster and a GPU it does not have
     check_resources(config)
     path = make_logdir(config, logdir)
-    return Run(config, path, resume=False, progress=progress).execute()
+    return Run(config, path, resume=False, progress=progress).execute_and_release()
 
 
 def resume(logdir: str, overrides: list[str] | None = None, progress: bool = True) -> RunSummary:
@@ -357,7 +373,7 @@ def resume(logdir: str, overrides: list[str] | None = None, progress: bool = Tru
         config = apply_overrides(config, overrides)
     start_ray(config.ray)
     check_resources(config)
-    return Run(config, path, resume=True, progress=progress).execute()
+    return Run(config, path, resume=True, progress=progress).execute_and_release()
 
 
 def evaluate_logdir(logdir: Path, episodes: int | None = None) -> dict[str, float]:

@@ -6,7 +6,6 @@ Pixel presets also write their evaluation videos.
 """
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
@@ -37,10 +36,9 @@ METRIC = {"atari100k": "eval/human_normalized_score", "crafter": "eval/crafter_s
 
 @pytest.fixture(autouse=True)
 def release_actors(ray_local):
-    """A finished run's actors keep their CPUs until its Run object is collected (it sits in a
-    reference cycle), and the next run's actors would wait for them: collect, wait until free."""
+    """`train` kills its actors when it returns, but asynchronously: wait until their CPUs are
+    free, so that the next run's actors need not queue for them."""
     yield
-    gc.collect()
     deadline = time.monotonic() + 30
     while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"] and time.monotonic() < deadline:
         time.sleep(0.2)
