@@ -2,7 +2,7 @@
 
 The task is Catch, defined here: a ball falls down an 8x8 grid, the agent moves a paddle along the
 bottom row (left, stay, right), +1 for a catch and -1 for a miss, five balls per episode (35 steps,
-returns in [-5, 5]; a random policy scores about -3.3). The agent sees only the 16x16 RGB frame.
+returns in [-5, 5]; a random policy scores -3.76 on average). The agent sees only the 16x16 RGB frame.
 Each mode trains with the single-process loop (system/local_loop.py) on 3 seeds:
 
     rectified   HarmonyDream: learnable sigma per task, L/sigma + log(1 + sigma)
@@ -180,7 +180,7 @@ def plot(path: str, runs: list[dict[str, Any]], steps: int) -> None:
         axes[0].plot(grid, mean, label=f"{mode} ({len(curves)} seeds)")
         if len(curves) > 1:
             axes[0].fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
-    axes[0].set(title="Catch 16x16: training return (last 10 episodes)", xlabel="env steps", ylabel="return")
+    axes[0].set(title="Catch 16x16: return, last 10 episodes", xlabel="env steps", ylabel="return")
     axes[0].legend()
     for ax, task in zip(axes[1:], TASKS):
         for run in (r for r in runs if r["mode"] == "rectified"):
@@ -188,7 +188,7 @@ def plot(path: str, runs: list[dict[str, Any]], steps: int) -> None:
             x = [r["step"] for r in rows]
             line, = ax.plot(x, [r[f"harmony/{task}/sigma"] for r in rows], lw=1)
             ax.plot(x, [rectified_equilibrium(r[f"harmony/{task}/loss"]) for r in rows], ls=":", lw=1, color=line.get_color())
-        ax.set(title=f"{task}: sigma (solid) vs equilibrium of its loss (dotted)", xlabel="env steps", yscale="log")
+        ax.set(title=f"{task}: sigma (solid), sigma*(L) (dotted)", xlabel="env steps", yscale="log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
