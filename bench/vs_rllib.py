@@ -203,7 +203,7 @@ def run_harmonyray(env: str, args: argparse.Namespace, spec: dict[str, Any]) -> 
     config = load_config(preset, [
         f"env.name={name}", f"agent.model.size={spec['size']}", f"agent.model.deter={size}", f"agent.model.hidden={size}",
         "agent.model.stoch=32", "agent.model.classes=32", "agent.world_model.lr=1e-4",
-        "agent.behavior.actor_lr=3e-5", "agent.behavior.critic_lr=3e-5", "agent.device=cpu",
+        "agent.behavior.actor_lr=3e-5", "agent.behavior.critic_lr=3e-5", "agent.behavior.slow_critic_fraction=0.02", "agent.device=cpu",
         f"train.train_ratio={args.ratio}", f"train.batch_size={args.batch}", f"train.seq_len={args.seq_len}",
         f"train.prefill={prefill}", f"run.steps={spec['budget']}", "run.eval_every=0",
     ])
