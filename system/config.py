@@ -166,6 +166,8 @@ def to_yaml(config: Config) -> str:
 
 def validate(config: Config) -> None:
     """Checks across keys that the schema's types cannot express."""
+    if config.agent.harmony.mode == "False":  # YAML 1.1 reads a bare `off` as false, stored as "False"
+        config.agent.harmony.mode = "off"
     checks = [
         (config.run.steps > 0, "run.steps must be positive"),
         (config.train.train_ratio > 0, "train.train_ratio must be positive"),

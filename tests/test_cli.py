@@ -70,3 +70,8 @@ def test_console_script_exit_code():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("harmonyray: error: config cartpole.yaml: Key 'stepz' not in 'RunConfig'")
+
+
+def test_harmony_mode_off_survives_yaml_booleans() -> None:
+    # YAML 1.1 reads a bare `off` as false; on the command line and in presets it means the mode
+    assert load_config("cartpole", ["agent.harmony.mode=off"]).agent.harmony.mode == "off"

@@ -33,7 +33,9 @@ def session_processes(sid: int) -> list[int]:
 def test_kill_9_of_the_job_then_resume_continues_where_the_checkpoint_left(tmp_path):
     logdir = tmp_path / "run"
     overrides = [*TINY, "train.train_ratio=4", "run.steps=1000000", "run.checkpoint_every=2", "run.eval_episodes=0", "wandb.mode=offline"]
-    env = dict(os.environ, WANDB_MODE="offline")
+    # Not the wandb service of this pytest process (set once any test used W&B): the killed job's
+    # run would stay "in use" there, as it would not for a user's fresh shell.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline"}
     job = subprocess.Popen([*CLI, "train", "--config", "cartpole", "--logdir", str(logdir), "--no-progress", *overrides],
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
