@@ -65,18 +65,24 @@ def system_loop(config, runners: int, envs: int, shards: int, seconds: float) ->
                 i, config.env.name, dict(config.env.options), envs, chunk, 0, config.agent, replay, board)
             for i in range(runners)
         ]
-        refs = [a.run.remote() for a in actors]
-        time.sleep(3.0)  # warm-up: weights loaded, first chunks through
-        before = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
-        start = time.perf_counter()
-        time.sleep(seconds)
-        after = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
-        rate = (after - before) / (time.perf_counter() - start)
-        ray.get([a.stop.remote() for a in actors])
-        ray.get(refs)
-        ray.get([a.flush.remote() for a in actors])
-        stored = replay.stats()["size"]
-        ray.get(limiter.close.remote())
+        return collection_rate(actors, replay, limiter, warmup=3.0, seconds=seconds)
+
+
+def collection_rate(actors: list, replay: ReplayService, limiter, warmup: float, seconds: float) -> tuple[float, int]:
+    """Run the runners, count their env steps over `seconds` after `warmup` (weights loaded,
+    first chunks through), then stop and flush them. Returns (steps/s, steps stored)."""
+    refs = [a.run.remote() for a in actors]
+    time.sleep(warmup)
+    before = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
+    start = time.perf_counter()
+    time.sleep(seconds)
+    after = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
+    rate = (after - before) / (time.perf_counter() - start)
+    ray.get([a.stop.remote() for a in actors])
+    ray.get(refs)
+    ray.get([a.flush.remote() for a in actors])
+    stored = replay.stats()["size"]
+    ray.get(limiter.close.remote())
     return rate, stored
 
 

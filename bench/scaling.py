@@ -24,12 +24,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 from typing import Any
 
 import ray
 
 from actors.envs import make_env
+from bench.actor_path import collection_rate
 from actors.runner import EnvRunner
 from actors.specs import specs_from_spaces
 from learner.agent import Agent
@@ -59,18 +59,7 @@ def measure(config: Config, runners: int, cores: float, seconds: float, warmup: 
             for i in range(runners)
         ]
         nodes = ray.get([a.where.remote() for a in actors])
-        refs = [a.run.remote() for a in actors]
-        time.sleep(warmup)
-        before = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
-        start = time.perf_counter()
-        time.sleep(seconds)
-        after = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
-        rate = (after - before) / (time.perf_counter() - start)
-        ray.get([a.stop.remote() for a in actors])
-        ray.get(refs)
-        ray.get([a.flush.remote() for a in actors])
-        stored = replay.stats()["size"]
-        ray.get(limiter.close.remote())
+        rate, stored = collection_rate(actors, replay, limiter, warmup, seconds)
         for actor in [*actors, *replay.shards, board, limiter]:  # free the next point's node resources
             ray.kill(actor)
     return {"runners": runners, "num_cpus_each": round(min(1.0, cores / runners), 3), "steps_per_s": round(rate, 1),

@@ -104,6 +104,10 @@ class Run:
         self._eval_ref: ray.ObjectRef | None = None
         self._eval_step = 0
         self._video_refs: dict[str, ray.ObjectRef] = {}  # videos of the evaluation in flight
+        # the run's actors, made by `execute`
+        self.runners: list[ray.actor.ActorHandle] = []
+        self.replay: ReplayService | None = None
+        self.learner = self.limiter = self.board = None
 
     def _model_signature(self) -> dict[str, Any]:
         """What a checkpoint's tensors depend on: network sizes and observation/action shapes."""
@@ -159,10 +163,8 @@ class Run:
             self.release()
 
     def release(self) -> None:
-        actors = [*getattr(self, "runners", []), getattr(self, "learner", None), self._evaluator,
-                  *(self.replay.shards if hasattr(self, "replay") else []),
-                  getattr(self, "limiter", None), getattr(self, "board", None)]
-        for actor in actors:
+        shards = self.replay.shards if self.replay is not None else []
+        for actor in [*self.runners, self.learner, self._evaluator, *shards, self.limiter, self.board]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
 
