@@ -39,8 +39,8 @@ class Learner:
         max_nonfinite: int = 10,
         state: dict[str, Any] | None = None,
     ):
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = threads or torch.get_num_threads()
+        _one_torch_thread()  # `run` sets the training thread's count
         self.agent = Agent(obs_spec, act_spec, agent_config)
         if state is not None:
             self.agent.load_state_dict(state)
@@ -58,6 +58,7 @@ class Learner:
         self._updates_at_last_stats, self._time_at_last_stats = self.agent.updates, time.perf_counter()
         self._wait_seconds = 0.0
         self._train_seconds = 0.0
+        self._torch_threads = 0  # as seen by the training thread, once it runs
         if self.agent.updates > 0:  # resumed: runners act with the restored policy at once
             self._publish()
 
@@ -70,6 +71,8 @@ class Learner:
 
     def run(self, max_updates: int | None = None) -> int:
         """Train until stopped, until the replay closes, or for max_updates; returns updates."""
+        torch.set_num_threads(self.threads)  # OpenMP's count is per thread: this is a pool thread
+        self._torch_threads = torch.get_num_threads()
         sampler = self.replay.sampler(self.batch_size, self.seq_len, prefetch=self.prefetch)
         consecutive_bad = 0
         try:
@@ -101,6 +104,7 @@ class Learner:
 
     def stats(self) -> dict[str, Any]:
         """Latest losses and sigmas, updates/s since the last call, staleness, time waiting on data."""
+        _one_torch_thread()
         now = time.perf_counter()
         with self._lock:
             metrics = metrics_to_floats(self._metrics)
@@ -114,6 +118,7 @@ class Learner:
             "learner/updates_per_s": rate,
             "learner/data_wait_fraction": self._wait_seconds / busy if busy else 0.0,
             "learner/nonfinite_updates": self._nonfinite_total,
+            "learner/torch_threads": self._torch_threads,
         }
         if staleness:
             out["learner/weight_staleness"] = float(np.mean(staleness))
@@ -123,17 +128,20 @@ class Learner:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Agent weights, optimisers and harmonizers, as CPU tensors, between two updates."""
+        _one_torch_thread()
         with self._lock:
             state = self.agent.state_dict()
             return _to_cpu(state)
 
     def policy_weights(self) -> dict[str, Any]:
+        _one_torch_thread()
         with self._lock:
             return self.agent.policy_weights()
 
     def openloop_video(self, sequences: int = 4, context: int = 5) -> np.ndarray | None:
         """The world model's open-loop predictions next to the truth on the last trained batch
         (uint8 frames, see learner/openloop.py); None before the first update or without images."""
+        _one_torch_thread()
         with self._lock:
             if self._last_batch is None or not self.agent.obs_spec.image_keys:
                 return None
@@ -147,6 +155,14 @@ class Learner:
         weights = self.agent.policy_weights()
         ref = ray.put(weights)
         ray.get(self.board.publish.remote(weights["version"], [ref]))
+
+
+def _one_torch_thread() -> None:
+    """Torch work on any thread but the training one runs single-threaded. A parallel op on a
+    second thread makes OpenMP start a second team: more threads than cores, after which libgomp
+    stops spinning at barriers and every update of the training thread got ~1.6x slower (2 cores;
+    the thread count is per thread, so this leaves the training thread's alone)."""
+    torch.set_num_threads(1)
 
 
 def _to_cpu(value: Any) -> Any:

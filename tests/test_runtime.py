@@ -41,6 +41,8 @@ def test_chunks_flow_ratio_holds_and_weights_reach_every_runner(ray_local, tmp_p
     last = rows[-2]  # the final row is the evaluation
     assert last["runner/min_weight_version"] > 0, "every runner acts with published weights"
     assert last["runner/max_weight_version"] <= last["learner/updates"]
+    # the training thread (a pool thread of the threaded actor) uses the configured torch threads
+    assert last["learner/torch_threads"] == config.learner.threads == 2
     for key in ("learner/updates_per_s", "runner/env_steps_per_s", "replay/size", "replay/ratio", "learner/weight_staleness",
                 "loss/vector", "loss/reward", "loss/dyn", "loss/rep", "harmony/observation/sigma", "harmony/observation/weighted"):
         assert any(key in r for r in rows), key
