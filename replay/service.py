@@ -141,12 +141,12 @@ class ReplayService:
         if self._limiter is not None and not ray.get(self._limiter.acquire_insert.remote(n_steps)):
             return None
         shard = self._shards[self.shard_for(stream)]
-        payload = ray.put(chunk)  # serialised once, whatever the number of retries
         deadline = time.monotonic() + self._insert_retry_s
         backoff = self._retry_backoff_s
         while True:
             try:
-                return ray.get(shard.insert.remote(payload, stream, chunk_id, int(weight_version)))
+                # passed by value: Ray inlines a small chunk in the call instead of a store round trip
+                return ray.get(shard.insert.remote(chunk, stream, chunk_id, int(weight_version)))
             except ray.exceptions.RayActorError:
                 if time.monotonic() + backoff > deadline:
                     raise
