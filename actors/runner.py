@@ -77,6 +77,7 @@ class EnvRunner:
     def run(self, max_steps: int | None = None) -> int:
         """Collect until stopped (or max_steps); returns the env steps taken. Raises EnvFailure
         when an environment keeps failing (envs given up on get new tries at the next call)."""
+        torch.set_num_threads(1)  # per thread in OpenMP, and this may run on an actor pool thread
         self.collector.revive()
         while not self._stop.is_set() and (max_steps is None or self.collector.env_steps < max_steps):
             policy = self.policy if self.version > 0 else self.explore
