@@ -88,7 +88,7 @@ class Agent:
         state = state or self.initial_state(len(is_first))
         obs_t = {k: torch.as_tensor(obs[k], device=self.device) for k in self.obs_spec.shapes}
         keep = torch.as_tensor(~np.asarray(is_first, bool), device=self.device).float().unsqueeze(-1)
-        with self._autocast():
+        with self._autocast(acting=True):
             embed = self.world_model.encoder(obs_t)
             deter = rssm.recur(state.deter * keep, state.stoch * keep, rssm.in_action(state.action * keep))
             stoch = rssm.dist(rssm.posterior_logits(deter, rssm.post_embed(embed))).sample()
@@ -177,8 +177,10 @@ class Agent:
             **{f"actor_critic.{k}": v for k, v in self.actor_critic.state_dict(keep_vars=True).items()},
         }
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.bf16:
+    def _autocast(self, acting: bool = False) -> contextlib.AbstractContextManager:
+        """bf16 autocast when configured; on a CPU only for training: at acting batch sizes (a
+        runner's few envs) the casts cost more than they save, and acting took twice as long."""
+        if not self.bf16 or (acting and self.device.type == "cpu"):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 

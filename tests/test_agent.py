@@ -188,3 +188,29 @@ def test_size_presets_follow_dreamerv3():
     assert ModelConfig(size="S", deter=64).resolved()["deter"] == 64
     with pytest.raises(ValueError, match="unknown model size"):
         ModelConfig(size="XXL").resolved()
+
+
+def test_bf16_on_cpu_trains_in_bf16_but_acts_in_fp32():
+    """bf16 autocast on a CPU speeds up training; acting at a runner's batch size stays fp32 (the
+    casts would double its cost), so a bf16 agent acts exactly as an fp32 one with its weights."""
+    def agent(precision: str) -> Agent:
+        torch.manual_seed(0)
+        config = AgentConfig(model=ModelConfig(size="debug"), precision=precision)
+        return Agent(ObservationSpec(OBS["vector"]), ACTIONS["discrete"], config, device="cpu")
+
+    fp32, bf16 = agent("fp32"), agent("bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    obs = {"vector": np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32)}
+    first = np.ones(6, bool)
+    torch.manual_seed(2)
+    actions_fp32, state_fp32 = fp32.policy_step(obs, None, first, greedy=True)
+    torch.manual_seed(2)
+    actions_bf16, state_bf16 = bf16.policy_step(obs, None, first, greedy=True)
+    np.testing.assert_array_equal(actions_fp32, actions_bf16)
+    assert state_bf16.deter.dtype == torch.float32
+    torch.testing.assert_close(state_fp32.deter, state_bf16.deter, rtol=0, atol=0)
+    # training does run under bf16 autocast: the losses differ from fp32's on the same batch
+    batch = make_batch(fp32)
+    loss_fp32 = metrics_to_floats(fp32.train_step(batch))["world_model/loss"]
+    loss_bf16 = metrics_to_floats(bf16.train_step(batch))["world_model/loss"]
+    assert loss_fp32 != loss_bf16 and math.isclose(loss_fp32, loss_bf16, rel_tol=0.05)
