@@ -195,6 +195,7 @@ class Run:
         next_ckpt += config.run.checkpoint_every
         next_eval = self.env_steps_base + config.run.eval_every if config.run.eval_every else None
         env_steps, updates, ratio = self.env_steps_base, 0, 0.0
+        shown = {"ret": "-", "eval": "-"}  # the latest of each, kept between log steps without episodes
         while True:
             time.sleep(min(1.0, config.run.log_every))
             self._check_actors(learner_ref, runner_refs)
@@ -205,8 +206,12 @@ class Run:
             row, env_steps, updates, ratio = self._collect_metrics()
             self.logger.log(env_steps, row)
             bar.update(env_steps - bar.n)
-            bar.set_postfix(ret=f"{row.get('episode/return', float('nan')):.1f}", upd=updates, ratio=f"{ratio:.0f}")
-            self._log_finished_evaluation()
+            if "episode/return" in row:
+                shown["ret"] = f"{row['episode/return']:.1f}"
+            evaluation = self._log_finished_evaluation()
+            if evaluation is not None:
+                shown["eval"] = f"{evaluation['return']:.1f}"
+            bar.set_postfix(**shown, upd=updates, ratio=f"{ratio:.0f}")
             if next_eval is not None and env_steps >= next_eval and self._eval_ref is None:
                 next_eval = env_steps + config.run.eval_every
                 self._start_evaluation(env_steps)
