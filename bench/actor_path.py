@@ -62,7 +62,8 @@ def system_loop(config, runners: int, envs: int, shards: int, seconds: float) ->
         ray.get(board.publish.remote(1, [ray.put(weights)]))
         actors = [
             ray.remote(EnvRunner).options(num_cpus=0, max_concurrency=4).remote(
-                i, config.env.name, dict(config.env.options), envs, chunk, 0, config.agent, replay, board)
+                i, config.env.name, dict(config.env.options), envs, chunk, 0, config.agent, replay, board,
+                step_timeout=config.runners.step_timeout)  # what a run's runners do
             for i in range(runners)
         ]
         return collection_rate(actors, replay, limiter, warmup=3.0, seconds=seconds)
