@@ -33,7 +33,7 @@ from replay import ReplayService, make_limiter_actor, min_tolerance
 from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
 from system.cluster import check_resources, learner_options, on_driver_node, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
-from system.metrics import MetricsLogger
+from system.metrics import MetricsLogger, best_evaluation
 from system.video import save_videos
 from system.supervisor import RunnerSupervisor
 
@@ -48,6 +48,8 @@ class RunSummary:
     replay_ratio: float
     eval_return: float | None
     seconds: float
+    best_eval_return: float | None = None  # the best evaluation of the run, and when it came
+    best_eval_step: int | None = None
 
 
 def make_logdir(config: Config, logdir: str | None) -> Path:
@@ -152,7 +154,8 @@ class Run:
         env_steps, updates, ratio = stopped or (env_steps, updates, ratio)
         eval_return = self._evaluate(env_steps)
         self.logger.close()
-        return RunSummary(str(self.logdir), env_steps, updates, ratio, eval_return, time.perf_counter() - start)
+        best_return, best_step = best_evaluation(self.logdir) or (None, None)
+        return RunSummary(str(self.logdir), env_steps, updates, ratio, eval_return, time.perf_counter() - start, best_return, best_step)
 
     def execute_and_release(self) -> RunSummary:
         """`execute`, then free the run's actors and their CPUs at once (a later run in the same

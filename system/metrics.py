@@ -78,3 +78,10 @@ def _clean(value: Any) -> Any:
 def read_metrics(logdir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(logdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def best_evaluation(logdir: str | os.PathLike) -> tuple[float, int] | None:
+    """(return, env step) of the run's best greedy evaluation so far, across resumes (the earliest
+    of equals): a policy can get worse after its best, so the last evaluation alone undersells a run."""
+    evals = [(row["eval/return"], row["step"]) for row in read_metrics(logdir) if row.get("eval/return") is not None]
+    return max(evals, key=lambda e: (e[0], -e[1])) if evals else None

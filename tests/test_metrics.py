@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from system.config import WandbConfig
-from system.metrics import MetricsLogger, read_metrics
+from system.metrics import MetricsLogger, best_evaluation, read_metrics
 
 
 def test_an_evaluation_logged_after_later_training_rows_still_reaches_wandb(tmp_path: Path) -> None:
@@ -24,3 +24,17 @@ def test_an_evaluation_logged_after_later_training_rows_still_reaches_wandb(tmp_
     while b"eval/return" not in (written := run_file.read_bytes()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert b"eval/return" in written and written.count(b"env_step") >= 3
+
+
+def test_best_evaluation_spans_the_whole_file_and_keeps_the_earliest_of_equals(tmp_path: Path) -> None:
+    assert best_evaluation(tmp_path) is None  # no run yet
+    logger = MetricsLogger(tmp_path, WandbConfig(mode="disabled"), {"preset": "test"}, name="test")
+    for step, value in [(100, 20.0), (200, 500.0), (300, 120.0), (400, 500.0)]:
+        logger.log(step, {"eval/return": value, "eval/length": value})
+        logger.log(step + 50, {"episode/return": 999.0})  # training returns are not evaluations
+    logger.close()
+    assert best_evaluation(tmp_path) == (500.0, 200)
+    resumed = MetricsLogger(tmp_path, WandbConfig(mode="disabled"), {"preset": "test"}, name="test")
+    resumed.log(500, {"eval/return": 501.0})  # a resumed run appends to the same file
+    resumed.close()
+    assert best_evaluation(tmp_path) == (501.0, 500)

@@ -58,6 +58,9 @@ def test_preset_runs_end_to_end(ray_local, tmp_path, preset) -> None:
     evals = [row for row in rows if "eval/return" in row]
     assert len(evals) >= (2 if config.run.eval_every else 1), "periodic evaluations and the final one"
     final = evals[-1]
+    best = max(evals, key=lambda row: row["eval/return"])
+    assert (summary.best_eval_return, summary.best_eval_step) == (best["eval/return"], best["step"])
+    assert summary.best_eval_return >= summary.eval_return
     if preset in METRIC:
         assert all(METRIC[preset] in row for row in evals)
     if preset == "crafter":
