@@ -84,6 +84,9 @@ class ActorCritic(nn.Module):
         if grad not in ("auto", "reinforce", "backprop"):
             raise ValueError(f"behavior.actor_grad must be auto, reinforce or backprop, not {grad!r}")
         self.backprop = grad == "backprop" or (grad == "auto" and act_spec.kind == "continuous")
+        if self.cfg.imagined_continue not in ("mode", "probability"):
+            raise ValueError(f"behavior.imagined_continue must be mode or probability, not {self.cfg.imagined_continue!r}")
+        self.soft_continue = self.cfg.imagined_continue == "probability"
 
     def policy(self, deter: Tensor, stoch: Tensor) -> PolicyDist:
         return PolicyDist(self.actor(deter, stoch), self.act_spec, self.unimix, self.cfg.min_std, self.cfg.max_std)
@@ -111,7 +114,8 @@ class ActorCritic(nn.Module):
         with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
             reward = wm.reward(deter_all[1:], stoch_all[1:]).mean()
         with torch.no_grad():
-            cont = (wm.continue_logits(deter_all[1:], stoch_all[1:]) > 0).float()
+            cont_logits = wm.continue_logits(deter_all[1:], stoch_all[1:])
+            cont = torch.sigmoid(cont_logits) if self.soft_continue else (cont_logits > 0).float()
             cont = torch.cat([start_cont.flatten()[None].float(), cont])
             discount = 1.0 - 1.0 / cfg.discount_horizon
             weight = torch.cumprod(discount * cont, 0) / discount  # [H+1, N]

@@ -61,6 +61,9 @@ class WorldModelConfig:
     free_nats: float = 1.0
     dyn_scale: float = 0.5
     rep_scale: float = 0.1
+    # Weight of terminal steps in the continue loss. They are rare (one per episode at most), so
+    # a head trained at 1 (DreamerV3) may never learn the rarer ways to end an episode.
+    terminal_weight: float = 1.0
 
 
 @dataclass
@@ -80,6 +83,10 @@ class BehaviorConfig:
     return_norm_decay: float = 0.99
     # auto: REINFORCE for discrete actions, backprop through the model for continuous ones.
     actor_grad: str = "auto"
+    # How imagination discounts by the continue head: `mode` (DreamerV3: 0 or 1) or `probability`
+    # (DreamerV2: the predicted chance), which still tells the actor about a termination the
+    # model thinks unlikely, e.g. at a track's edge that replay rarely shows.
+    imagined_continue: str = "mode"
     min_std: float = 0.1
     max_std: float = 1.0
 

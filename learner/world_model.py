@@ -144,7 +144,8 @@ class WorldModel(nn.Module):
         raw = self.decoder.losses(deter, stoch, obs)
         raw["reward"] = -self.reward(deter, stoch).log_prob(data["reward"]).mean()
         cont_target = (~data["is_terminal"]).float()
-        raw["continue"] = F.binary_cross_entropy_with_logits(self.continue_logits(deter, stoch), cont_target)
+        terminal_weight = 1.0 + (self.config.world_model.terminal_weight - 1.0) * data["is_terminal"].float()
+        raw["continue"] = F.binary_cross_entropy_with_logits(self.continue_logits(deter, stoch), cont_target, weight=terminal_weight)
         raw["dyn"] = torch.clamp(categorical_kl(post_sg, prior), min=free).mean()
         raw["rep"] = torch.clamp(categorical_kl(post, prior_sg), min=free).mean()
         task_losses = {task: torch.zeros((), device=embed.device) for task in TASKS}

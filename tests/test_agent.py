@@ -137,6 +137,59 @@ def test_free_nats_clip_each_element():
     assert (far > 1.0).all()
 
 
+@pytest.mark.parametrize("imagined_continue, cont", [("mode", 1.0), ("probability", 0.7)])
+def test_imagination_discounts_by_the_continue_head(imagined_continue, cont):
+    """A continue head that says 0.7 everywhere: DreamerV3's mode rounds it to 1, `probability`
+    discounts each imagined step by 0.7. Reward is constant and the (zero-initialised) critic
+    values every state at 0, so the lambda returns have a closed form."""
+    torch.manual_seed(0)
+    config = AgentConfig(model=ModelConfig(size="debug"))
+    config.behavior.imagined_continue = imagined_continue
+    agent = Agent(ObservationSpec(OBS["vector"]), ACTIONS["discrete"], config)
+    wm = agent.world_model
+    with torch.no_grad():
+        wm.continue_head.out.weight.zero_()
+        wm.continue_head.out.bias.fill_(math.log(0.7 / 0.3))
+        wm.reward_head.out.weight.zero_()
+        wm.reward_head.out.bias.copy_(torch.linspace(-1.0, 3.0, config.model.reward_bins))
+    data = agent._to_device(make_batch(agent))
+    data["is_terminal"][:] = False
+    _, _, posterior = wm.loss(data)
+    _, metrics = agent.actor_critic.loss(wm, posterior, data)
+    reward = wm.reward(posterior.deter[:1, :1], posterior.stoch[:1, :1]).mean().item()
+    bh = config.behavior
+    step = (1.0 - 1.0 / bh.discount_horizon) * cont * bh.lam  # v = 0: R_t = r + gamma c lam R_t+1
+    returns = [reward * sum(step**k for k in range(bh.horizon - t)) for t in range(bh.horizon)]
+    assert metrics["critic/value"].item() == pytest.approx(0.0, abs=1e-6)
+    assert metrics["imagine/return"].item() == pytest.approx(np.mean(returns), rel=1e-4)
+
+
+def test_unknown_imagined_continue_is_rejected():
+    config = AgentConfig(model=ModelConfig(size="debug"))
+    config.behavior.imagined_continue = "soft"
+    with pytest.raises(ValueError, match="imagined_continue must be mode or probability"):
+        Agent(ObservationSpec(OBS["vector"]), ACTIONS["discrete"], config)
+
+
+def test_terminal_steps_weigh_more_in_the_continue_loss():
+    agent = make_agent()
+    wm = agent.world_model
+    data = agent._to_device(make_batch(agent))
+    data["is_terminal"][1, 3] = True
+    losses = {}
+    for weight in (1.0, 5.0):
+        agent.config.world_model.terminal_weight = weight
+        torch.manual_seed(1)  # the same posterior samples for both
+        _, metrics, posterior = wm.loss(data)
+        losses[weight] = metrics["loss/continue"].item()
+    logits = wm.continue_logits(posterior.deter, posterior.stoch)
+    per_step = torch.nn.functional.softplus(logits)  # BCE of a logit against target 0
+    terminal = data["is_terminal"]
+    extra = 4.0 * per_step[terminal].sum().item() / terminal.numel()
+    assert terminal.sum().item() == 2
+    assert losses[5.0] - losses[1.0] == pytest.approx(extra, rel=1e-4)
+
+
 def test_policy_weights_travel_with_version():
     learner = make_agent("dict", "multi_discrete")
     runner = make_agent("dict", "multi_discrete")
