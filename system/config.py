@@ -182,6 +182,10 @@ def validate(config: Config) -> None:
         (config.replay.sampling in ("uniform", "recency", "priority"), "replay.sampling must be uniform, recency or priority"),
         (config.wandb.mode in ("auto", "online", "offline", "disabled"), "wandb.mode must be auto, online, offline or disabled"),
         (config.agent.harmony.mode in ("rectified", "unrectified", "naive", "fixed", "off"), "agent.harmony.mode must be rectified, unrectified, naive, fixed or off"),
+        (config.agent.behavior.imagined_continue in ("mode", "probability"), "agent.behavior.imagined_continue must be mode or probability"),
+        (config.agent.behavior.actor_grad in ("auto", "reinforce", "backprop"), "agent.behavior.actor_grad must be auto, reinforce or backprop"),
+        (config.agent.precision in ("auto", "bf16", "fp32"), "agent.precision must be auto, bf16 or fp32"),
+        (config.agent.world_model.terminal_weight > 0, "agent.world_model.terminal_weight must be positive (1 = DreamerV3)"),
     ]
     for ok, message in checks:
         if not ok:
