@@ -30,13 +30,13 @@ import ray
 
 from actors.envs import make_env
 from bench.actor_path import collection_rate
-from actors.runner import EnvRunner
 from actors.specs import specs_from_spaces
 from learner.agent import Agent
 from learner.broadcast import make_weight_board
 from replay import ReplayService, make_limiter_actor
-from system.cluster import runner_options, shard_placement
+from system.cluster import shard_placement
 from system.config import Config, ConfigError, apply_overrides, load_config
+from system.driver import start_runner
 
 
 def measure(config: Config, runners: int, cores: float, seconds: float, warmup: float) -> dict[str, Any]:
@@ -53,11 +53,7 @@ def measure(config: Config, runners: int, cores: float, seconds: float, warmup: 
         weights = Agent(obs_spec, act_spec, config.agent, device="cpu").policy_weights()
         weights["version"] = 1  # runners act with the policy step, not randomly
         ray.get(board.publish.remote(1, [ray.put(weights)]))
-        actors = [
-            ray.remote(EnvRunner).options(**runner_options(config)).remote(
-                i, config.env.name, dict(config.env.options), config.runners.envs, chunk, 0, config.agent, replay, board)
-            for i in range(runners)
-        ]
+        actors = [start_runner(config, i, replay, board) for i in range(runners)]
         nodes = ray.get([a.where.remote() for a in actors])
         rate, stored = collection_rate(actors, replay, limiter, warmup, seconds)
         for actor in [*actors, *replay.shards, board, limiter]:  # free the next point's node resources

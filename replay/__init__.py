@@ -5,7 +5,7 @@ Knows chunks and batches of numpy arrays only, never models or environments.
 from replay.persistence import ChunkFiles, StoredChunk
 from replay.rate_limiter import SamplesPerInsertLimiter, check_limits, make_limiter_actor, min_tolerance
 from replay.service import ReplayService, Sampler
-from replay.shard import InsertAck, ReplayShard, ShardSample, make_shard_actor
+from replay.shard import ChunkInsert, InsertAck, ReplayShard, ShardSample, make_shard_actor
 from replay.storage import SAMPLING_MODES, Batch, Chunk, ReplayStorage, chunk_length
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Batch",
     "Chunk",
     "ChunkFiles",
+    "ChunkInsert",
     "InsertAck",
     "ReplayService",
     "ReplayShard",

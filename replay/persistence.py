@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,26 +50,33 @@ class ChunkFiles:
 
     def write(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int, first_key: int) -> None:
         """Durably write a chunk under the next seqno (first_key: the storage key of its first step)."""
-        if any(name.startswith(_META) for name in chunk):
-            raise ValueError(f"chunk keys may not start with {_META!r}")
-        seqno = self._next_seqno
-        path = self._directory / f"{seqno:012d}-{_UNSAFE.sub('_', chunk_id)}.npz"
-        tmp = self._directory / f".{path.name}.tmp"
-        meta = {
-            "chunk_id": chunk_id,
-            "stream": stream,
-            "weight_version": weight_version,
-            "first_key": first_key,
-            "num_steps": chunk_length(chunk),
-        }
-        with open(tmp, "wb") as f:
-            np.savez(f, **chunk, **{_META + k: np.asarray(v) for k, v in meta.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._fsync_directory()
-        self._next_seqno = seqno + 1
-        self._paths[chunk_id] = path
+        self.write_many([StoredChunk(chunk_id, stream, weight_version, chunk)], [first_key])
+
+    def write_many(self, chunks: Sequence[StoredChunk], first_keys: Sequence[int]) -> None:
+        """Durably write chunks under consecutive seqnos: each file is fsynced, the directory once."""
+        for stored in chunks:
+            if any(name.startswith(_META) for name in stored.chunk):
+                raise ValueError(f"chunk keys may not start with {_META!r}")
+        for stored, first_key in zip(chunks, first_keys, strict=True):
+            seqno = self._next_seqno
+            path = self._directory / f"{seqno:012d}-{_UNSAFE.sub('_', stored.chunk_id)}.npz"
+            tmp = self._directory / f".{path.name}.tmp"
+            meta = {
+                "chunk_id": stored.chunk_id,
+                "stream": stored.stream,
+                "weight_version": stored.weight_version,
+                "first_key": int(first_key),
+                "num_steps": chunk_length(stored.chunk),
+            }
+            with open(tmp, "wb") as f:
+                np.savez(f, **stored.chunk, **{_META + k: np.asarray(v) for k, v in meta.items()})
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            self._next_seqno = seqno + 1
+            self._paths[stored.chunk_id] = path
+        if chunks:
+            self._fsync_directory()
 
     def delete(self, chunk_id: str) -> None:
         """Remove an evicted chunk's file (a deletion lost in a crash is just evicted again on reload)."""

@@ -71,13 +71,30 @@ class SamplesPerInsertLimiter:
 
     async def acquire_insert(self, n_steps: int, timeout: float | None = None) -> bool:
         """Wait until n_steps env steps may be inserted and count them; False on timeout or close."""
-        _check_request("insert", n_steps, self._max_insert)
+        return await self.acquire_inserts([n_steps], timeout) == 1
+
+    async def acquire_inserts(self, sizes: list[int], timeout: float | None = None) -> int:
+        """Wait until the first of these inserts (sizes in env steps) may happen, then grant and
+        count the longest prefix the ratio allows at once; returns its length (0 on timeout or close).
+
+        One call for a runner's batch of chunks, yet each chunk is judged as its own insert, so the
+        no-deadlock bound (and the tolerance it needs) stays that of a single chunk.
+        """
+        for n_steps in sizes:
+            _check_request("insert", n_steps, self._max_insert)
+        if not sizes:
+            return 0
         async with self._changed:
-            if not await self._wait_until(lambda: self._insert_allowed(n_steps), timeout):
-                return False
-            self._inserted += n_steps
+            if not await self._wait_until(lambda: self._insert_allowed(sizes[0]), timeout):
+                return 0
+            granted = 0
+            for n_steps in sizes:
+                if granted and not self._insert_allowed(n_steps):
+                    break
+                self._inserted += n_steps
+                granted += 1
             self._changed.notify_all()
-            return True
+            return granted
 
     async def acquire_sample(self, n_steps: int, timeout: float | None = None) -> bool:
         """Wait until n_steps replayed steps may be sampled and count them; False on timeout or close."""

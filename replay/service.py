@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from replay.shard import InsertAck, ShardSample, make_shard_actor
+from replay.shard import ChunkInsert, InsertAck, ShardSample, make_shard_actor
 from replay.storage import WEIGHT_VERSION, Batch, Chunk, chunk_length
 
 _SHARD_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
@@ -137,21 +137,59 @@ class ReplayService:
         Returns None without inserting when the limiter is closed (shutdown). Raises if the shard
         stays unreachable for insert_retry_s.
         """
-        n_steps = chunk_length(chunk)
-        if self._limiter is not None and not ray.get(self._limiter.acquire_insert.remote(n_steps)):
-            return None
-        shard = self._shards[self.shard_for(stream)]
+        return self.insert_many([ChunkInsert(chunk, stream, chunk_id, weight_version)])[0]
+
+    def insert_many(self, items: Sequence[tuple[Chunk, str, str, int]]) -> list[InsertAck | None]:
+        """Insert (chunk, stream, chunk_id, weight_version) items with one limiter call and one call
+        per shard they go to, where each alone would take two calls; returns once every granted
+        chunk is durable on its shard.
+
+        The limiter grants a prefix of the chunks at a time (each judged as its own insert); the
+        rest wait for the next grant. Chunks still waiting when the limiter closes get None.
+        Raises if a shard stays unreachable for insert_retry_s.
+        """
+        inserts = [ChunkInsert._make(item) for item in items]
+        acks: list[InsertAck | None] = [None] * len(inserts)
+        done = 0
+        while done < len(inserts):
+            granted = len(inserts) - done
+            if self._limiter is not None:
+                sizes = [chunk_length(insert.chunk) for insert in inserts[done:]]
+                granted = ray.get(self._limiter.acquire_inserts.remote(sizes))
+                if granted == 0:
+                    break
+            by_shard: dict[int, list[int]] = {}
+            for i in range(done, done + granted):
+                by_shard.setdefault(self.shard_for(inserts[i].stream), []).append(i)
+            for i, ack in self._insert_on_shards(inserts, by_shard):
+                acks[i] = ack
+            done += granted
+        return acks
+
+    def _insert_on_shards(self, inserts: Sequence[ChunkInsert], by_shard: dict[int, list[int]]) -> list[tuple[int, InsertAck]]:
+        """One insert_many call per shard, all in flight at once; a shard that is down is retried
+        with back-off (inserts are idempotent by chunk id) until it acknowledges or the deadline."""
+
+        def submit(shard: int) -> ray.ObjectRef:
+            # passed by value: Ray inlines small chunks in the call instead of a store round trip
+            return self._shards[shard].insert_many.remote([inserts[i] for i in by_shard[shard]])
+
+        refs = {shard: submit(shard) for shard in by_shard}
         deadline = time.monotonic() + self._insert_retry_s
         backoff = self._retry_backoff_s
-        while True:
-            try:
-                # passed by value: Ray inlines a small chunk in the call instead of a store round trip
-                return ray.get(shard.insert.remote(chunk, stream, chunk_id, int(weight_version)))
-            except ray.exceptions.RayActorError:
-                if time.monotonic() + backoff > deadline:
-                    raise
-                time.sleep(backoff)
-                backoff = min(2 * backoff, _MAX_BACKOFF_S)
+        out: list[tuple[int, InsertAck]] = []
+        for shard, ref in refs.items():
+            while True:
+                try:
+                    out += zip(by_shard[shard], ray.get(ref))
+                    break
+                except ray.exceptions.RayActorError:
+                    if time.monotonic() + backoff > deadline:
+                        raise
+                    time.sleep(backoff)
+                    backoff = min(2 * backoff, _MAX_BACKOFF_S)
+                    ref = submit(shard)
+        return out
 
     def sample(self, batch_size: int, seq_len: int) -> Batch | None:
         """Wait for the limiter, then a stratified [B, T] batch; None if the limiter is closed or no
@@ -456,3 +494,4 @@ def _concat(pieces: list[tuple[int, ShardSample]], with_keys: bool) -> tuple[Bat
     if not with_keys:
         return batch, None
     return batch, np.concatenate([part.keys + (i << _KEY_SHARD_SHIFT) for i, part in pieces])
+

@@ -8,14 +8,24 @@ so a client may safely retry an insert whose acknowledgement it never received.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import ray
 
 from replay.persistence import ChunkFiles, StoredChunk
-from replay.storage import Batch, Chunk, ReplayStorage
+from replay.storage import Batch, Chunk, ReplayStorage, check_same_schema
+
+
+class ChunkInsert(NamedTuple):
+    """One chunk to insert, with where it belongs: its stream, its id, the weights that made it."""
+
+    chunk: Chunk
+    stream: str
+    chunk_id: str
+    weight_version: int
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,24 @@ class ReplayShard:
 
     def insert(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int) -> InsertAck:
         """Persist, then store, a chunk; a chunk id already stored is acknowledged again, not duplicated."""
-        if chunk_id not in self._storage:
-            n = self._storage.validate(chunk, chunk_id)
-            self._files.write(chunk, stream, chunk_id, weight_version, first_key=self._storage.next_key)
-            self._add(chunk, stream, chunk_id, weight_version)
+        return self.insert_many([ChunkInsert(chunk, stream, chunk_id, weight_version)])[0]
+
+    def insert_many(self, inserts: Sequence[ChunkInsert]) -> list[InsertAck]:
+        """Persist, then store, chunks in order (one directory sync for all); ids already stored are
+        acknowledged again, not duplicated. All are checked before any is written, so a bad chunk
+        fails the whole call and stores nothing."""
+        new: dict[str, StoredChunk] = {}
+        for chunk, stream, chunk_id, weight_version in inserts:
+            if chunk_id not in self._storage and chunk_id not in new:
+                new[chunk_id] = StoredChunk(chunk_id, stream, int(weight_version), chunk)
+        lengths = [self._storage.validate(s.chunk, s.chunk_id) for s in new.values()]
+        check_same_schema([s.chunk for s in new.values()])
+        first_keys = self._storage.next_key + np.cumsum([0, *lengths])[:-1]
+        self._files.write_many(list(new.values()), first_keys)
+        for stored, n in zip(new.values(), lengths):
+            self._add(stored.chunk, stored.stream, stored.chunk_id, stored.weight_version)
             self._inserted_steps += n
-        return InsertAck(chunk_id, self._index, self._storage.size)
+        return [InsertAck(insert.chunk_id, self._index, self._storage.size) for insert in inserts]
 
     def sample(self, batch_size: int, seq_len: int) -> Batch | None:
         """A [B, T] batch from this shard, or None while no stream holds seq_len steps."""

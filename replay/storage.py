@@ -12,6 +12,7 @@ been evicted (and whose slot was reused) is recognised as stale instead of hitti
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,15 @@ def chunk_length(chunk: Chunk) -> int:
     if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
         raise ValueError(f"chunk arrays must share one non-zero leading length, got {lengths}")
     return next(iter(lengths.values()))
+
+
+def check_same_schema(chunks: Sequence[Chunk]) -> None:
+    """ValueError unless the chunks share keys, dtypes and trailing shapes (what storage checks
+    against what it holds, applied within a batch that arrives before storage holds anything)."""
+    schemas = [{name: (np.asarray(a).dtype, np.shape(a)[1:]) for name, a in chunk.items()} for chunk in chunks]
+    for schema in schemas[1:]:
+        if schema != schemas[0]:
+            raise ValueError(f"chunks of one insert differ in keys, dtypes or shapes: {schemas[0]} vs {schema}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ class RunnersConfig:
     count: int = 2
     envs: int = 1  # environments per runner
     chunk_length: int = 64
+    insert_batch: int = 4  # most chunks one replay insert call carries (1: every chunk alone)
+    insert_linger: float = 0.25  # seconds a runner waits for more chunks before inserting fewer
     num_cpus: float = 1.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per runner
     max_restarts: int = 3
@@ -179,6 +181,7 @@ def validate(config: Config) -> None:
         (config.train.prefill < config.run.steps, f"train.prefill ({config.train.prefill}) must be below run.steps ({config.run.steps}) or no update ever runs"),
         (config.replay.capacity >= config.train.prefill, "replay.capacity must hold at least train.prefill steps"),
         (config.replay.shards >= 1 and config.runners.count >= 1 and config.runners.envs >= 1, "replay.shards, runners.count and runners.envs must be >= 1"),
+        (config.runners.chunk_length >= 1 and config.runners.insert_batch >= 1 and config.runners.insert_linger >= 0, "runners.chunk_length and runners.insert_batch must be >= 1 and runners.insert_linger >= 0"),
         (config.replay.sampling in ("uniform", "recency", "priority"), "replay.sampling must be uniform, recency or priority"),
         (config.wandb.mode in ("auto", "online", "offline", "disabled"), "wandb.mode must be auto, online, offline or disabled"),
         (config.agent.harmony.mode in ("rectified", "unrectified", "naive", "fixed", "off"), "agent.harmony.mode must be rectified, unrectified, naive, fixed or off"),

@@ -83,6 +83,15 @@ def probe_env(config: Config) -> tuple[ObservationSpec, ActionSpec]:
         env.close()
 
 
+def start_runner(config: Config, index: int, replay: ReplayService, board: ray.actor.ActorHandle, **options: Any) -> ray.actor.ActorHandle:
+    """EnvRunner `index` as a run starts it; `options` override its Ray actor options."""
+    return ray.remote(EnvRunner).options(**{**runner_options(config), **options}).remote(
+        index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
+        config.run.seed, config.agent, replay, board, step_timeout=config.runners.step_timeout,
+        insert_batch=config.runners.insert_batch, insert_linger=config.runners.insert_linger,
+    )
+
+
 class Run:
     """One training run (new or resumed) on a started Ray cluster."""
 
@@ -173,11 +182,7 @@ class Run:
 
     # ------------------------------------------------------------------ setup
     def _make_runner(self, index: int) -> ray.actor.ActorHandle:
-        config = self.config
-        return ray.remote(EnvRunner).options(**runner_options(config)).remote(
-            index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
-            config.run.seed, config.agent, self.replay, self.board, step_timeout=config.runners.step_timeout,
-        )
+        return start_runner(self.config, index, self.replay, self.board)
 
     def _report_placement(self) -> None:
         learner_node = ray.get(self.learner.where.remote())

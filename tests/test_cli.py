@@ -25,6 +25,7 @@ BAD_TRAIN = [
     (["--config", "cartpole", "agent.behavior.actor_grad=dynamics"], "agent.behavior.actor_grad must be"),
     (["--config", "cartpole", "agent.precision=fp16"], "agent.precision must be auto, bf16 or fp32"),
     (["--config", "cartpole", "agent.world_model.terminal_weight=0"], "terminal_weight must be positive"),
+    (["--config", "cartpole", "runners.insert_batch=0"], "runners.insert_batch must be >= 1"),
     (["--config", "cartpole", "run.steps"], "is not key=value"),
     (["--config", "cartpole", "ray.address=127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1"),
     (["--config", "cartpole", "learner.num_gpus=64"], "learner.num_gpus=64 but the cluster has"),

@@ -11,12 +11,17 @@ from replay.rate_limiter import make_limiter_actor, min_tolerance
 CHUNK, BATCH = 8, 32  # steps per insert, steps per sample
 
 
-def run_pair(ray, limiter, inserts: int) -> tuple[threading.Thread, threading.Thread]:
-    """A producer doing `inserts` chunk inserts and a consumer sampling until the limiter closes."""
+def run_pair(ray, limiter, inserts: int, batch: int = 1) -> tuple[threading.Thread, threading.Thread]:
+    """A producer doing `inserts` chunk inserts (asking for up to `batch` at once, as a runner's
+    sender does) and a consumer sampling until the limiter closes."""
 
     def produce():
-        for _ in range(inserts):
-            assert ray.get(limiter.acquire_insert.remote(CHUNK, 20.0)), "producer starved"
+        done = 0
+        while done < inserts:
+            asked = min(batch, inserts - done)
+            granted = ray.get(limiter.acquire_inserts.remote([CHUNK] * asked, 20.0))
+            assert 1 <= granted <= asked, "producer starved"
+            done += granted
 
     def consume():
         while ray.get(limiter.acquire_sample.remote(BATCH, 20.0)):
@@ -34,11 +39,11 @@ def test_tolerance_below_the_no_deadlock_bound_is_a_value_error(ray_local):
         make_limiter_actor(4.0, 0, tolerance=63, max_insert_steps=CHUNK, max_sample_steps=BATCH, name=None)
 
 
-@pytest.mark.parametrize("samples_per_insert", [0.5, 4.0])
-def test_ratio_held_within_ten_percent_at_the_smallest_tolerance(ray_local, samples_per_insert):
+@pytest.mark.parametrize(("samples_per_insert", "batch"), [(0.5, 1), (4.0, 1), (4.0, 6)])
+def test_ratio_held_within_ten_percent_at_the_smallest_tolerance(ray_local, samples_per_insert, batch):
     tolerance = min_tolerance(samples_per_insert, CHUNK, BATCH)  # smallest allowed: must not deadlock
     limiter = make_limiter_actor(samples_per_insert, 64, tolerance, CHUNK, BATCH, name=None)
-    producer, consumer = run_pair(ray_local, limiter, inserts=250)
+    producer, consumer = run_pair(ray_local, limiter, inserts=250, batch=batch)
     producer.join(timeout=40)
     assert not producer.is_alive(), "deadlock: the producer never finished"
     time.sleep(0.2)  # let the consumer take what it is still owed
@@ -63,6 +68,21 @@ def test_prefill_never_blocks_and_sampling_waits_for_min_size(ray_local):
     assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0)), "a sample makes room for an insert"
     with pytest.raises(Exception, match="outside"):
         ray_local.get(limiter.acquire_sample.remote(BATCH + 1))
+
+
+def test_a_batch_of_inserts_gets_the_prefix_the_ratio_allows(ray_local):
+    limiter = make_limiter_actor(1.0, 100, min_tolerance(1.0, CHUNK, BATCH), CHUNK, BATCH, name=None)
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 13, 0)) == 13  # prefill: all of it
+    # 104 inserted: each further chunk is judged alone, 1.0 * (inserted - 100) <= 40: 112 ... 136
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 10, 0)) == 4
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 2, 0.2)) == 0, "none allowed: wait, then nothing"
+    assert ray_local.get(limiter.acquire_sample.remote(BATCH, 0))
+    # 32 sampled: 144 - 100 - 32 = 12 ... 168 - 100 - 32 = 36 pass, 176 would be 44 > 40
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 6, 0)) == 4
+    assert ray_local.get(limiter.inserted.remote()) == 168
+    with pytest.raises(Exception, match="outside"):
+        ray_local.get(limiter.acquire_inserts.remote([CHUNK, CHUNK + 1], 0))
+    assert ray_local.get(limiter.inserted.remote()) == 168, "a refused batch counts nothing"
 
 
 def test_close_releases_waiters_and_state_round_trips(ray_local):

@@ -10,7 +10,7 @@ import pytest
 
 from replay.rate_limiter import make_limiter_actor, min_tolerance
 from replay.service import ReplayService
-from replay.shard import make_shard_actor
+from replay.shard import ChunkInsert, make_shard_actor
 from test_replay_storage import check_sequences, make_chunk
 
 CHUNK = 8
@@ -188,3 +188,27 @@ def test_service_is_a_picklable_handle_for_other_actors(ray_local, tmp_path):
     shard_of_row = [service.shard_for(f"runner{int(s)}/env0") for s in batch["vector"][:, 0, 0]]
     assert (keys >> 48 == shard_of_row).all()
     service.update_priorities(keys, np.ones(len(keys)))
+
+
+def test_a_batch_insert_spreads_over_shards_and_waits_on_the_limiter_chunk_by_chunk(ray_local, tmp_path):
+    limiter = make_limiter_actor(1.0, 2 * CHUNK, min_tolerance(1.0, CHUNK, 4 * CHUNK), CHUNK, 4 * CHUNK, name=None)
+    service = ReplayService.create(2, tmp_path, capacity=1000, limiter=limiter, seed=1)
+    streams = [f"runner{s}/env0" for s in range(4)]
+    assert {service.shard_for(s) for s in streams} == {0, 1}
+    inserts = [ChunkInsert(make_chunk(s, 0, CHUNK), streams[s], f"s{s}", 0) for s in range(4)]
+    acks = service.insert_many(inserts)  # 2 chunks of prefill, then owed 1.0 * 16 replayed steps <= 40
+    assert [a.chunk_id for a in acks] == ["s0", "s1", "s2", "s3"]
+    assert [a.shard for a in acks] == [service.shard_for(s) for s in streams]
+    later = [ChunkInsert(make_chunk(s, CHUNK, CHUNK), streams[s], f"s{s}-2", 0) for s in range(4)]
+    result: list = []
+    batch = threading.Thread(target=lambda: result.extend(service.insert_many(later)))
+    batch.start()  # owed 24, 32, 40 <= 40: three chunks fit, the fourth (48) waits
+    time.sleep(1.0)
+    assert batch.is_alive() and service.stats()["size"] == 7 * CHUNK, "granted chunks are stored at once"
+    assert service.sample(4, CHUNK) is not None  # 32 replayed steps make room for the rest
+    batch.join(timeout=10)
+    assert [a.chunk_id for a in result] == ["s0-2", "s1-2", "s2-2", "s3-2"]
+    stored = sorted(i for ids in ray_local.get([shard.ids.remote() for shard in service.shards]) for i in ids)
+    assert stored == sorted(["s0", "s1", "s2", "s3", "s0-2", "s1-2", "s2-2", "s3-2"])
+    service.close()
+    assert service.insert_many(inserts[:1]) == [None], "closed: refused, not stored"
