@@ -65,7 +65,7 @@ class EnvRunner:
         self.explore = RandomPolicy(envs[0].action_space, seed + index)
         self.policy = AgentPolicy(self.agent)
         self.replay, self.board = replay, board
-        self.insert_batch, self.insert_linger = max(1, insert_batch), insert_linger
+        self.insert_batch, self.insert_linger = insert_batch, insert_linger
         self.poll_interval = poll_interval
         self.version = 0  # 0: no weights yet, act randomly
         self._pending_poll: ray.ObjectRef | None = None

@@ -60,23 +60,19 @@ class RawLoop:
         self.collector.close()
 
 
-def raw_loop(config, num_envs: int, seconds: float) -> float:
-    """Steps/s of `num_envs` environments driven by the policy in this process."""
-    loop = RawLoop(config, num_envs)
-    try:
-        return loop.rate(seconds)
-    finally:
-        loop.close()
-
-
 def collection_rate(actors: list, replay: ReplayService, limiter, warmup: float, seconds: float) -> tuple[float, int]:
     """Run the runners, count their env steps over `seconds` after `warmup` (weights loaded,
     first chunks through), then stop and flush them. Returns (steps/s, steps stored)."""
     rate = runner_rate(actors, warmup, seconds)
+    return rate, drain(actors, replay, limiter)
+
+
+def drain(actors: list, replay: ReplayService, limiter) -> int:
+    """Flush the runners' queued chunks, close the limiter; returns the steps the replay holds."""
     ray.get([a.flush.remote() for a in actors])
     stored = replay.stats()["size"]
     ray.get(limiter.close.remote())
-    return rate, stored
+    return stored
 
 
 def runner_rate(actors: list, warmup: float, seconds: float) -> float:
@@ -113,9 +109,7 @@ def compare(config, runners: int, shards: int, rounds: int, seconds: float) -> d
             system_rates.append(runner_rate(actors, warmup=3.0 if i == 0 else 1.0, seconds=seconds))
             print(f"round {i + 1}: raw {raw_rates[-1]:.0f}, system {system_rates[-1]:.0f} steps/s, "
                   f"ratio {system_rates[-1] / raw_rates[-1]:.3f}", flush=True)
-        ray.get([a.flush.remote() for a in actors])
-        stored = replay.stats()["size"]
-        ray.get(limiter.close.remote())
+        stored = drain(actors, replay, limiter)
     raw.close()
     ratios = [s / r for s, r in zip(system_rates, raw_rates)]
     return {"raw_steps_per_s": round(statistics.mean(raw_rates), 1), "system_steps_per_s": round(statistics.mean(system_rates), 1),

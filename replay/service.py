@@ -494,4 +494,3 @@ def _concat(pieces: list[tuple[int, ShardSample]], with_keys: bool) -> tuple[Bat
     if not with_keys:
         return batch, None
     return batch, np.concatenate([part.keys + (i << _KEY_SHARD_SHIFT) for i, part in pieces])
-
