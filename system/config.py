@@ -1,16 +1,24 @@
 """The run's configuration: one typed schema, YAML presets in `configs/`, `key=value` overrides.
 
 OmegaConf checks every preset and override against the dataclasses below, so an unknown key or a
-value of the wrong type fails before anything starts, with a message that names it.
+value of the wrong type fails before anything starts, with one line that names the dotted key and
+what it expects (`run.steps: expected an integer, got 'lots'`); `validate` does the same for values
+out of range or not among the choices.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import yaml
+from omegaconf import Container, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from learner.config import AgentConfig
 
@@ -130,22 +138,26 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. run.steps=20000)")
+    sources: list[Any] = []  # what was merged, to find the key of an error that OmegaConf does not name
     try:
-        preset = OmegaConf.load(path)
-        merged = OmegaConf.merge(OmegaConf.structured(Config), {"preset": path.stem}, preset, OmegaConf.from_dotlist(list(overrides)))
+        sources.append(_load_yaml(path))
+        sources.append(_parse_overrides(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), {"preset": path.stem}, *sources)
         config: Config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"config {path.name}: {_first_line(error)}") from None
+    except (OmegaConfBaseException, TypeError) as error:  # TypeError: a list where the schema has a mapping
+        raise ConfigError(f"config {path.name}: {_explain(error, sources)}") from None
     validate(config)
     return config
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a saved config (e.g. LOGDIR/config.yaml), checked like any other."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"saved config: expected a mapping (Config has: {', '.join(_hints(Config))}), got {_show(data)}")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"saved config: {_first_line(error)}") from None
+    except (OmegaConfBaseException, TypeError) as error:
+        raise ConfigError(f"saved config: {_explain(error, [data])}") from None
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
@@ -153,11 +165,13 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. run.steps=20000)")
+    sources: list[Any] = []
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(config), OmegaConf.from_dotlist(list(overrides)))
+        sources.append(_parse_overrides(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(config), *sources)
         result: Config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"override: {_first_line(error)}") from None
+    except (OmegaConfBaseException, TypeError) as error:
+        raise ConfigError(f"override: {_explain(error, sources)}") from None
     validate(result)
     return result
 
@@ -167,28 +181,35 @@ def to_yaml(config: Config) -> str:
 
 
 def validate(config: Config) -> None:
-    """Checks across keys that the schema's types cannot express."""
+    """Checks across keys that the schema's types cannot express; each message names its dotted keys and what they must be."""
     if config.agent.harmony.mode == "False":  # YAML 1.1 reads a bare `off` as false, stored as "False"
         config.agent.harmony.mode = "off"
     checks = [
-        (config.run.steps > 0, "run.steps must be positive"),
-        (config.train.train_ratio > 0, "train.train_ratio must be positive"),
-        (config.train.batch_size > 0 and config.train.seq_len > 1, "train.batch_size must be >= 1 and train.seq_len >= 2"),
+        (config.run.steps > 0, f"run.steps must be positive (got {config.run.steps})"),
+        (config.train.train_ratio > 0, f"train.train_ratio must be positive (got {config.train.train_ratio})"),
+        (config.train.batch_size > 0, f"train.batch_size must be >= 1 (got {config.train.batch_size})"),
+        (config.train.seq_len > 1, f"train.seq_len must be >= 2 (got {config.train.seq_len})"),
         (config.train.prefill >= config.train.batch_size * config.train.seq_len, f"train.prefill ({config.train.prefill}) must be at least one batch, train.batch_size x train.seq_len = {config.train.batch_size * config.train.seq_len} steps"),
         (config.train.seq_len <= config.replay.capacity // max(1, config.replay.shards), f"train.seq_len ({config.train.seq_len}) is longer than a replay shard holds (replay.capacity / replay.shards = {config.replay.capacity // max(1, config.replay.shards)} steps): raise replay.capacity or lower replay.shards"),
         (not (config.agent.device.startswith("cuda") and config.learner.num_gpus == 0), "agent.device asks for CUDA but learner.num_gpus=0: set learner.num_gpus=1 (or -1, auto) on a GPU cluster, or agent.device=auto"),
-        (config.runners.step_timeout >= 0 and config.runners.restart_delay >= 0 and config.runners.max_failures >= 1, "runners.step_timeout and runners.restart_delay must be >= 0 and runners.max_failures >= 1"),
+        (config.runners.step_timeout >= 0, f"runners.step_timeout must be >= 0 (0: no timeout; got {config.runners.step_timeout})"),
+        (config.runners.restart_delay >= 0, f"runners.restart_delay must be >= 0 (got {config.runners.restart_delay})"),
+        (config.runners.max_failures >= 1, f"runners.max_failures must be >= 1 (got {config.runners.max_failures})"),
         (config.train.prefill < config.run.steps, f"train.prefill ({config.train.prefill}) must be below run.steps ({config.run.steps}) or no update ever runs"),
-        (config.replay.capacity >= config.train.prefill, "replay.capacity must hold at least train.prefill steps"),
-        (config.replay.shards >= 1 and config.runners.count >= 1 and config.runners.envs >= 1, "replay.shards, runners.count and runners.envs must be >= 1"),
-        (config.runners.chunk_length >= 1 and config.runners.insert_batch >= 1 and config.runners.insert_linger >= 0, "runners.chunk_length and runners.insert_batch must be >= 1 and runners.insert_linger >= 0"),
-        (config.replay.sampling in ("uniform", "recency", "priority"), "replay.sampling must be uniform, recency or priority"),
-        (config.wandb.mode in ("auto", "online", "offline", "disabled"), "wandb.mode must be auto, online, offline or disabled"),
-        (config.agent.harmony.mode in ("rectified", "unrectified", "naive", "fixed", "off"), "agent.harmony.mode must be rectified, unrectified, naive, fixed or off"),
-        (config.agent.behavior.imagined_continue in ("mode", "probability"), "agent.behavior.imagined_continue must be mode or probability"),
-        (config.agent.behavior.actor_grad in ("auto", "reinforce", "backprop"), "agent.behavior.actor_grad must be auto, reinforce or backprop"),
+        (config.replay.capacity >= config.train.prefill, f"replay.capacity ({config.replay.capacity}) must hold at least train.prefill ({config.train.prefill}) steps"),
+        (config.replay.shards >= 1, f"replay.shards must be >= 1 (got {config.replay.shards})"),
+        (config.runners.count >= 1, f"runners.count must be >= 1 (got {config.runners.count})"),
+        (config.runners.envs >= 1, f"runners.envs must be >= 1 (got {config.runners.envs})"),
+        (config.runners.chunk_length >= 1, f"runners.chunk_length must be >= 1 (got {config.runners.chunk_length})"),
+        (config.runners.insert_batch >= 1, f"runners.insert_batch must be >= 1 (got {config.runners.insert_batch})"),
+        (config.runners.insert_linger >= 0, f"runners.insert_linger must be >= 0 (got {config.runners.insert_linger})"),
+        (config.replay.sampling in ("uniform", "recency", "priority"), f"replay.sampling must be uniform, recency or priority (got {config.replay.sampling!r})"),
+        (config.wandb.mode in ("auto", "online", "offline", "disabled"), f"wandb.mode must be auto, online, offline or disabled (got {config.wandb.mode!r})"),
+        (config.agent.harmony.mode in ("rectified", "unrectified", "naive", "fixed", "off"), f"agent.harmony.mode must be rectified, unrectified, naive, fixed or off (got {config.agent.harmony.mode!r})"),
+        (config.agent.behavior.imagined_continue in ("mode", "probability"), f"agent.behavior.imagined_continue must be mode or probability (got {config.agent.behavior.imagined_continue!r})"),
+        (config.agent.behavior.actor_grad in ("auto", "reinforce", "backprop"), f"agent.behavior.actor_grad must be auto, reinforce or backprop (got {config.agent.behavior.actor_grad!r})"),
         (config.agent.precision in ("auto", "bf16", "fp32"), "agent.precision must be auto, bf16 or fp32"),
-        (config.agent.world_model.terminal_weight > 0, "agent.world_model.terminal_weight must be positive (1 = DreamerV3)"),
+        (config.agent.world_model.terminal_weight > 0, f"agent.world_model.terminal_weight must be positive (1 = DreamerV3; got {config.agent.world_model.terminal_weight})"),
     ]
     for ok, message in checks:
         if not ok:
@@ -201,3 +222,206 @@ def validate(config: Config) -> None:
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config {path.name}: not valid YAML{where}: {getattr(error, 'problem', None) or _first_line(error)}") from None
+    except OSError as error:  # also a scalar document: OmegaConf takes only a mapping or a list
+        raise ConfigError(f"config {path.name}: expected a mapping of sections ({', '.join(_hints(Config))}): {_first_line(error)}") from None
+
+
+def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> Any:
+    """The `key=value` overrides as a config; a value that is not YAML is named with its key."""
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except yaml.YAMLError as error:
+        for override in overrides:
+            try:
+                OmegaConf.from_dotlist([override])
+            except yaml.YAMLError as culprit:
+                key, value = override.split("=", 1)
+                raise ConfigError(f"override {key}: value {value!r} is not valid YAML ({getattr(culprit, 'problem', None) or _first_line(culprit)})") from None
+        raise ConfigError(f"overrides: not valid YAML: {_first_line(error)}") from None
+
+
+def _explain(error: Exception, sources: list[Any]) -> str:
+    """One line for an OmegaConf error: the full dotted key and what it expects.
+
+    `sources` are the configs merged over the schema: OmegaConf names no key for a section given a
+    scalar (`run=3`) or a mapping given a list, so that key is found there.
+    """
+    key = _dotted_key(error) if isinstance(error, OmegaConfBaseException) else None
+    if key is None:
+        found = _find_wrong_container([_plain(s) for s in sources])
+        if found is None:
+            return _first_line(error)
+        key, value = found
+        return f"{key or 'the config'}: expected {_expected(_type_at(key))}, got {_show(value)}"
+    parts = _key_parts(key)
+    parent, _ = _unwrap_optional(_type_at(".".join(parts[:-1])) if len(parts) > 1 else Config)
+    if isinstance(error, ConfigKeyError) and is_dataclass(parent) and parts[-1] not in _hints(parent):
+        names = list(_hints(parent))
+        close = difflib.get_close_matches(parts[-1], names, n=1)
+        hint = f"; did you mean {'.'.join([*parts[:-1], close[0]])}?" if close else ""
+        return f"unknown key {key}{hint} ({parent.__name__} has: {', '.join(names)})"
+    expected = _type_at(key)
+    if isinstance(error, ValidationError) and expected is not None:
+        return f"{key}: expected {_expected(expected)}, got {_show(error.value)}"
+    return f"{key}: {_first_line(error)}"
+
+
+def _dotted_key(error: OmegaConfBaseException) -> str | None:
+    """The full dotted key of the error; OmegaConf may give only the leaf, so the parents are put back."""
+    if error.full_key in (None, ""):
+        return None
+    key = str(error.full_key)
+    owner = error.object_type
+    if owner is not None and is_dataclass(owner) and owner is not Config:
+        parts = _key_parts(key)
+        parent = _unwrap_optional(_type_at(".".join(parts[:-1])) if len(parts) > 1 else Config)[0]
+        prefix = _section_paths().get(owner)
+        if parent is not owner and prefix and error.key is not None:
+            return f"{prefix}.{error.key}"
+    return key
+
+
+def _key_parts(key: str) -> list[str]:
+    return re.findall(r"[^.\[\]]+", key)
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@cache
+def _section_paths() -> dict[type, str]:
+    """Each dataclass of the schema and its dotted path (`ModelConfig`: `agent.model`), when used once."""
+    paths: dict[type, str] = {}
+    seen: set[type] = set()
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, hint in _hints(cls).items():
+            inner, _ = _unwrap_optional(hint)
+            if is_dataclass(inner):
+                path = f"{prefix}{name}"
+                if inner in seen:
+                    paths.pop(inner, None)
+                else:
+                    seen.add(inner)
+                    paths[inner] = path
+                walk(inner, f"{path}.")
+
+    walk(Config, "")
+    return paths
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """`int | None` -> (int, True)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return hint, False
+
+
+def _type_at(key: str) -> Any:
+    """The schema's annotation for a dotted key (`run.steps`: int), or None where the schema has none."""
+    hint: Any = Config
+    for part in _key_parts(key):
+        hint, _ = _unwrap_optional(hint)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if is_dataclass(hint):
+            if part not in _hints(hint):
+                return None
+            hint = _hints(hint)[part]
+        elif origin is dict:
+            hint = args[1] if args else Any
+        elif origin is list:
+            hint = args[0] if args else Any
+        elif hint is Any:
+            return Any
+        else:
+            return None
+    return hint
+
+
+_NOUNS = {bool: ("true or false", "true or false"), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _expected(hint: Any, plural: bool = False) -> str:
+    """What a key of this annotation takes, in words: int -> "an integer"."""
+    hint, optional = _unwrap_optional(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _NOUNS:
+        text = _NOUNS[hint][plural]
+    elif is_dataclass(hint):
+        text = ("mappings" if plural else "a mapping") + f" ({hint.__name__} has: {', '.join(f.name for f in fields(hint))})"
+    elif origin is dict:
+        text = "mappings" if plural else "a mapping"
+        if args and args[1] is not Any:
+            text += f" of names to {_expected(args[1], plural=True)}"
+    elif origin is list:
+        text = "lists" if plural else "a list"
+        if args and args[0] is not Any:
+            text += f" of {_expected(args[0], plural=True)}"
+    elif hint is Any or hint is None:
+        text = "any values" if plural else "any value"
+    else:
+        text = getattr(hint, "__name__", str(hint))
+    return f"{text} or null" if optional else text
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, on one short line."""
+    if isinstance(value, Container):
+        try:
+            value = OmegaConf.to_container(value, resolve=False)
+        except OmegaConfBaseException:
+            pass
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(source: Any) -> Any:
+    if isinstance(source, Container):
+        try:
+            return OmegaConf.to_container(source, resolve=False)
+        except OmegaConfBaseException:
+            return None
+    return source
+
+
+def _find_wrong_container(sources: list[Any]) -> tuple[str, Any] | None:
+    """The first (dotted key, value) where the schema has a mapping (or list) but a source gives something else."""
+
+    def walk(data: Any, hint: Any, prefix: str) -> tuple[str, Any] | None:
+        hint, optional = _unwrap_optional(hint)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if data is None and optional:
+            return None
+        if is_dataclass(hint) or origin is dict:
+            if not isinstance(data, dict):
+                return (prefix, data)
+            for name, value in data.items():
+                inner = (_hints(hint).get(name) if is_dataclass(hint) else args[1] if args else Any)
+                found = None if inner is None else walk(value, inner, f"{prefix}.{name}" if prefix else str(name))
+                if found is not None:
+                    return found
+        elif origin is list and isinstance(data, dict):
+            return (prefix, data)
+        return None
+
+    for source in sources:
+        found = walk(source, Config, "")
+        if found is not None:
+            return found
+    return None

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from system.cli import main
-from system.config import load_config, to_yaml
+from learner.config import ModelConfig
+from system.config import ConfigError, _explain, apply_overrides, config_from_dict, load_config, to_yaml
 
 BAD_TRAIN = [
-    (["--config", "cartpole", "agent.model.sise=XS"], "Key 'sise' not in 'ModelConfig'"),
-    (["--config", "cartpole", "train.batch_size=big"], "Value 'big' of type 'str' could not be converted to Integer"),
+    (["--config", "cartpole", "agent.model.sise=XS"], "config cartpole.yaml: unknown key agent.model.sise; did you mean agent.model.size? (ModelConfig has: size, deter,"),
+    (["--config", "cartpole", "train.batch_size=big"], "config cartpole.yaml: train.batch_size: expected an integer, got 'big'"),
+    (["--config", "cartpole", "run.steps=[1"], "override run.steps: value '[1' is not valid YAML"),
     (["--config", "no-such-preset"], "unknown config 'no-such-preset'"),
     (["--config", "cartpole", "env.name=nosuite:Thing"], "nosuite"),
     (["--config", "cartpole", "env.name=gym:NoSuchEnv-v0"], "NoSuchEnv-v0"),
@@ -74,7 +76,95 @@ def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "system.cli", "train", "--config", "cartpole", "run.stepz=3"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("harmonyray: error: config cartpole.yaml: Key 'stepz' not in 'RunConfig'")
+    assert proc.stderr.strip().splitlines()[-1].startswith("harmonyray: error: config cartpole.yaml: unknown key run.stepz; did you mean run.steps? (RunConfig has: steps, seed,")
+
+
+# For each kind of config error, keys in different sections: (overrides, dotted key, what the message must also say).
+CONFIG_ERRORS = {
+    "unknown key": [
+        (["run.stepz=3"], "run.stepz", ["unknown key run.stepz", "did you mean run.steps?", "RunConfig has: steps, seed"]),
+        (["agent.model.sise=XS"], "agent.model.sise", ["unknown key agent.model.sise", "did you mean agent.model.size?", "ModelConfig has: size, deter"]),
+        (["replay.shardz=4"], "replay.shardz", ["unknown key replay.shardz", "ReplayConfig has: shards, capacity, sampling"]),
+        (["sampling=uniform"], "sampling", ["unknown key sampling", "Config has: preset, run, env, agent"]),
+    ],
+    "wrong type": [
+        (["run.steps=lots"], "run.steps", ["run.steps: expected an integer, got 'lots'"]),
+        (["train.batch_size=big"], "train.batch_size", ["train.batch_size: expected an integer, got 'big'"]),
+        (["agent.world_model.lr=fast"], "agent.world_model.lr", ["agent.world_model.lr: expected a number, got 'fast'"]),
+        (["run.eval_video=maybe"], "run.eval_video", ["run.eval_video: expected true or false, got 'maybe'"]),
+        (["ray.num_cpus=many"], "ray.num_cpus", ["ray.num_cpus: expected an integer or null, got 'many'"]),
+        (["runners.resources={runner: lots}"], "runners.resources.runner", ["runners.resources.runner: expected a number, got 'lots'"]),
+        (["agent.harmony.weights=[1]"], "agent.harmony.weights", ["agent.harmony.weights: expected a mapping of names to numbers, got [1]"]),
+        (["agent.model=XS"], "agent.model", ["agent.model: expected a mapping (ModelConfig has: size,", "got 'XS'"]),
+    ],
+    "bad value": [
+        (["replay.sampling=lifo"], "replay.sampling", ["replay.sampling must be uniform, recency or priority (got 'lifo')"]),
+        (["agent.behavior.actor_grad=dynamics"], "agent.behavior.actor_grad", ["must be auto, reinforce or backprop (got 'dynamics')"]),
+        (["wandb.mode=loud"], "wandb.mode", ["wandb.mode must be auto, online, offline or disabled (got 'loud')"]),
+        (["agent.model.size=XXL"], "agent.model.size", ["unknown model size 'XXL'; choose one of debug, XS, S, M, L, XL"]),
+    ],
+    "out of range": [
+        (["runners.insert_batch=0"], "runners.insert_batch", ["runners.insert_batch must be >= 1 (got 0)"]),
+        (["run.steps=0"], "run.steps", ["run.steps must be positive (got 0)"]),
+        (["train.seq_len=1"], "train.seq_len", ["train.seq_len must be >= 2 (got 1)"]),
+        (["replay.shards=0"], "replay.shards", ["replay.shards must be >= 1 (got 0)"]),
+        (["agent.world_model.terminal_weight=0"], "agent.world_model.terminal_weight", ["must be positive", "got 0.0"]),
+    ],
+}
+CONFIG_CASES = [(kind, *case) for kind, cases in CONFIG_ERRORS.items() for case in cases]
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(ConfigError) as caught:
+        call()
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    return message
+
+
+@pytest.mark.parametrize("kind,overrides,key,expected", CONFIG_CASES, ids=[f"{c[0]}:{c[1][0]}" for c in CONFIG_CASES])
+def test_config_errors_name_the_dotted_key_and_what_it_expects(kind, overrides, key, expected):
+    message = _one_line_error(lambda: load_config("cartpole", overrides))
+    assert key in message, message
+    for text in expected:
+        assert text in message, message
+    assert "Key '" not in message and "could not be converted" not in message, "not OmegaConf's wording"
+
+
+def test_config_errors_cover_keys_in_several_sections():
+    for kind, cases in CONFIG_ERRORS.items():
+        assert len({key.split(".")[0] for _, key, _ in cases}) >= 2, kind
+
+
+def test_preset_file_errors_name_the_dotted_key(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("run: {steps: lots}\n")
+    assert _one_line_error(lambda: load_config(str(preset))) == "config mine.yaml: run.steps: expected an integer, got 'lots'"
+    preset.write_text("agent:\n  model:\n    sise: XS\n")
+    assert _one_line_error(lambda: load_config(str(preset))).startswith("config mine.yaml: unknown key agent.model.sise; did you mean agent.model.size?")
+    preset.write_text("train: 3\n")
+    assert _one_line_error(lambda: load_config(str(preset))).startswith("config mine.yaml: train: expected a mapping (TrainConfig has: train_ratio,")
+    preset.write_text("run: {steps: [1\n")
+    assert _one_line_error(lambda: load_config(str(preset))).startswith("config mine.yaml: not valid YAML at line")
+
+
+def test_resume_overrides_and_saved_configs_name_the_dotted_key():
+    config = load_config("cartpole")
+    assert _one_line_error(lambda: apply_overrides(config, ["run.steps=lots"])) == "override: run.steps: expected an integer, got 'lots'"
+    assert _one_line_error(lambda: apply_overrides(config, ["agent.model.sise=XS"])).startswith("override: unknown key agent.model.sise;")
+    assert _one_line_error(lambda: apply_overrides(config, ["replay.sampling=lifo"])) == "replay.sampling must be uniform, recency or priority (got 'lifo')"
+    assert _one_line_error(lambda: apply_overrides(config, ["runners.insert_batch=0"])) == "runners.insert_batch must be >= 1 (got 0)"
+    assert apply_overrides(config, ["run.steps=60000"]).run.steps == 60000
+    assert _one_line_error(lambda: config_from_dict({"train": {"batch_size": "big"}})) == "saved config: train.batch_size: expected an integer, got 'big'"
+
+
+def test_a_leaf_only_key_gets_its_parents_back():
+    # Should OmegaConf name only the leaf, the dataclass it was found in gives the dotted path.
+    from omegaconf.errors import ConfigKeyError
+
+    error = ConfigKeyError("Key 'sise' not in 'ModelConfig'")
+    error.key, error.full_key, error.object_type = "sise", "sise", ModelConfig
+    assert _explain(error, []).startswith("unknown key agent.model.sise; did you mean agent.model.size?")
 
 
 def test_harmony_mode_off_survives_yaml_booleans() -> None:
