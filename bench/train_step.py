@@ -1,34 +1,48 @@
-"""Updates per second of the learner's train step for one model size on the device it finds.
+"""Seconds per learner update, eager against compiled, in one process on the device it finds.
 
-Usage: python bench/train_step.py [--size S] [--batch 16] [--length 64] [--image 64] [--steps 5]
-Times fp32 and bf16 autocast (the precision DreamerV3 trains in on accelerators; on CPUs with
-AMX it runs on the matrix units) and prints one line per timed update and a final JSON line:
-updates_per_s and seconds_per_update of the faster precision, both precisions' times, params,
-device.
+Usage: python -m bench.train_step [--size S] [--obs image|vector] [--mode both|eager|compiled]
+       [--precision fp32|bf16|auto] [--batch 16] [--length 64] [--steps 5] [--device auto]
+
+Imports torch and numpy only (through learner/), so it runs on a GPU machine without Ray or
+environment packages. Prints one line per timed update and a final JSON line with eager_s,
+compiled_s, speedup (eager_s / compiled_s), compile_s (the first compiled update, compiling
+included), eager_ops / compiled_ops (aten operators dispatched in one update, counted by the
+torch profiler: a machine-independent measure of launch overhead), params, device and, on CUDA,
+peak memory per mode.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig, ModelConfig
 from learner.spaces import ActionSpec, ObservationSpec
 
+ACTIONS = 6
 
-def synthetic_batch(batch: int, length: int, image: int, actions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random frames and actions with episode starts sprinkled in, like a replay sample."""
+
+def synthetic_batch(obs: dict[str, tuple[int, ...]], batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random observations and actions with episode starts sprinkled in, like a replay sample."""
     is_first = rng.random((batch, length)) < 0.01
     is_first[:, 0] = True
     is_last = np.roll(is_first, -1, axis=1)
     is_last[:, -1] = False
+    data: dict[str, np.ndarray] = {}
+    for key, shape in obs.items():
+        if len(shape) == 3:
+            data[key] = rng.integers(0, 256, (batch, length, *shape), dtype=np.uint8)
+        else:
+            data[key] = rng.normal(size=(batch, length, *shape)).astype(np.float32)
     return {
-        "image": rng.integers(0, 256, (batch, length, image, image, 3), dtype=np.uint8),
-        "action": rng.integers(0, actions, (batch, length)),
+        **data,
+        "action": rng.integers(0, ACTIONS, (batch, length)),
         "reward": rng.normal(size=(batch, length)).astype(np.float32),
         "is_first": is_first,
         "is_last": is_last,
@@ -36,58 +50,88 @@ def synthetic_batch(batch: int, length: int, image: int, actions: int, rng: np.r
     }
 
 
-def measure(args: argparse.Namespace, precision: str) -> tuple[float, Agent]:
-    """Median seconds per update after warm-up, for one precision."""
+def observation_spec(kind: str, image: int) -> dict[str, tuple[int, ...]]:
+    return {"image": (image, image, 3)} if kind == "image" else {"vector": (64,)}
+
+
+def count_ops(agent: Agent, batch: dict[str, np.ndarray]) -> int:
+    """aten operators dispatched by one update (nested ones included, the same way in both modes)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        metrics_to_floats(agent.train_step(batch))
+    return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
+
+
+def measure(args: argparse.Namespace, compile_mode: str) -> dict[str, Any]:
+    """Median seconds per update after warm-up, for eager (`off`) or compiled (`on`)."""
     torch.manual_seed(0)
-    config = AgentConfig(model=ModelConfig(size=args.size), device=args.device, precision=precision, compile=args.compile)
-    agent = Agent(ObservationSpec({"image": (args.image, args.image, 3)}), ActionSpec("discrete", (6,)), config)
-    batch = synthetic_batch(args.batch, args.length, args.image, 6, np.random.default_rng(0))
-    sync = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
+    config = AgentConfig(
+        model=ModelConfig(size=args.size), device=args.device, precision=args.precision,
+        compile=compile_mode, compile_cache=args.cache,
+    )
+    obs = observation_spec(args.obs, args.image)
+    agent = Agent(ObservationSpec(obs), ActionSpec("discrete", (ACTIONS,)), config)
+    batch = synthetic_batch(obs, args.batch, args.length, np.random.default_rng(0))
+    cuda = agent.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    metrics_to_floats(agent.train_step(batch))
+    first = time.perf_counter() - start
     for _ in range(args.warmup):
         metrics_to_floats(agent.train_step(batch))
     times = []
+    name = "compiled" if compile_mode == "on" else "eager"
     for step in range(args.steps):
         sync()
         start = time.perf_counter()
         metrics = agent.train_step(batch)
         sync()
         times.append(time.perf_counter() - start)
-        print(f"{precision} update {step}: {times[-1]:.3f} s  wm_loss={metrics_to_floats(metrics)['world_model/loss']:.1f}", flush=True)
-    return float(np.median(times)), agent
+        print(f"{name} {agent.precision.precision} update {step}: {times[-1]:.4f} s  wm_loss={metrics_to_floats(metrics)['world_model/loss']:.2f}", flush=True)
+    result = {"seconds": float(np.median(times)), "first_s": first, "ops": count_ops(agent, batch), "agent": agent}
+    if cuda:
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="S")
+    parser.add_argument("--obs", default="image", choices=["image", "vector"])
+    parser.add_argument("--mode", default="both", choices=["both", "eager", "compiled"])
+    parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto (agent.precision)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--image", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="both", help="fp32 | bf16 | both (bf16 autocast, as on GPUs)")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cache", default="~/.cache/harmonyray/inductor", help="Inductor cache folder (agent.compile_cache)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    seconds = {}
-    for precision in precisions:
-        seconds[precision], agent = measure(args, precision)
-    best = min(seconds, key=seconds.get)
-    device = str(agent.device) if agent.device.type == "cpu" else torch.cuda.get_device_name()
-    print(json.dumps({
-        "updates_per_s": round(1.0 / seconds[best], 3),
-        "seconds_per_update": round(seconds[best], 3),
-        "precision": best,
-        "seconds_per_update_by_precision": {k: round(v, 3) for k, v in seconds.items()},
-        "params": agent.num_params(),
-        "device": device,
-        "size": args.size,
-        "batch": [args.batch, args.length],
-        "threads": torch.get_num_threads(),
-    }))
+    modes = {"both": ["off", "on"], "eager": ["off"], "compiled": ["on"]}[args.mode]
+    results = {mode: measure(args, mode) for mode in modes}
+    agent = next(iter(results.values()))["agent"]
+    device = torch.cuda.get_device_name() if agent.device.type == "cuda" else "cpu"
+    out: dict[str, Any] = {
+        "size": args.size, "obs": args.obs, "batch": [args.batch, args.length], "precision": agent.precision.precision,
+        "device": device, "params": agent.num_params(), "threads": torch.get_num_threads(),
+    }
+    for mode, name in (("off", "eager"), ("on", "compiled")):
+        if mode in results:
+            out[f"{name}_s"] = round(results[mode]["seconds"], 4)
+            out[f"{name}_ops"] = results[mode]["ops"]
+            if "peak_gib" in results[mode]:
+                out[f"{name}_peak_gib"] = round(results[mode]["peak_gib"], 2)
+    if "on" in results:
+        out["compile_s"] = round(results["on"]["first_s"], 1)
+    if len(results) == 2:
+        out["speedup"] = round(results["off"]["seconds"] / results["on"]["seconds"], 3)
+        out["ops_ratio"] = round(results["off"]["ops"] / results["on"]["ops"], 1)
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ they travel through Ray's object store and let everyone measure staleness.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,9 @@ import torch
 from torch import Tensor
 
 from learner.behavior import ActorCritic
+from learner.compiler import compile_fn, compile_options, plan_compile, use_cache_dir
 from learner.config import AgentConfig
+from learner.precision import choose_precision
 from learner.spaces import ActionSpec, ObservationSpec
 from learner.world_model import WorldModel
 
@@ -47,10 +50,8 @@ class Agent:
         self.config = config
         self.obs_spec, self.act_spec = obs_spec, act_spec
         self.device = resolve_device(device or config.device)
-        precision = config.precision if config.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"agent.precision must be auto, bf16 or fp32, not {config.precision!r}")
-        self.bf16 = precision == "bf16"
+        self.precision = choose_precision(config.precision, self.device)
+        self.bf16 = self.precision.bf16
         self.world_model = WorldModel(obs_spec, act_spec, config).to(self.device)
         feat = [self.world_model.rssm.deter, self.world_model.rssm.latent_dim]
         self.actor_critic = ActorCritic(feat, act_spec, config).to(self.device)
@@ -68,8 +69,20 @@ class Agent:
         )
         self._ac_params = [p for g in self.ac_opt.param_groups for p in g["params"]]
         self.updates = 0
-        if config.compile:
-            self._compile()
+        # Skipped (non-finite) updates, counted on the device so that no update waits for the
+        # host: the total, the current run of consecutive skips and the longest run since
+        # `read_nonfinite` last looked.
+        self._nonfinite = torch.zeros(3, device=self.device)
+        # The hot functions, eager (the reference) or compiled: same code, same results.
+        self.compile_plan = plan_compile(config.compile, self.device, self.bf16, self.world_model.rssm.deter)
+        self.compile_seconds: float | None = None  # the first update's time, compiling included
+        self._act: Any = self._eager_act
+        if self.compile_plan.train or self.compile_plan.act:
+            use_cache_dir(config.compile_cache)
+        if self.compile_plan.train:
+            self._compile_training()
+        if self.compile_plan.act:
+            self._act = compile_fn(self._eager_act, self.device)
 
     # ----------------------------------------------------------------- acting
     def initial_state(self, batch: int) -> PolicyState:
@@ -84,32 +97,36 @@ class Agent:
 
         `is_first[i]` resets environment i's state (a new episode began with this observation).
         """
-        rssm = self.world_model.rssm
         state = state or self.initial_state(len(is_first))
-        obs_t = {k: torch.as_tensor(obs[k], device=self.device) for k in self.obs_spec.shapes}
+        obs_t = self._observations({k: torch.as_tensor(obs[k]) for k in self.obs_spec.shapes})
         keep = torch.as_tensor(~np.asarray(is_first, bool), device=self.device).float().unsqueeze(-1)
+        env_action, deter, stoch, action = self._act(obs_t, state.deter, state.stoch, state.action, keep, greedy)
+        return env_action.cpu().numpy(), PolicyState(deter, stoch, action)
+
+    def _eager_act(self, obs: dict[str, Tensor], deter: Tensor, stoch: Tensor, action: Tensor, keep: Tensor, greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        rssm = self.world_model.rssm
         with self._autocast(acting=True):
-            embed = self.world_model.encoder(obs_t)
-            deter = rssm.recur(state.deter * keep, state.stoch * keep, rssm.in_action(state.action * keep))
+            embed = self.world_model.encoder(obs)
+            deter = rssm.recur(deter * keep, stoch * keep, rssm.in_action(action * keep))
             stoch = rssm.dist(rssm.posterior_logits(deter, rssm.post_embed(embed))).sample()
             dist = self.actor_critic.policy(deter, stoch)
         action = dist.mode() if greedy else dist.sample()
-        return dist.to_env(action).cpu().numpy(), PolicyState(deter.float(), stoch.float(), action)
+        return dist.to_env(action), deter.float(), stoch.float(), action
 
     # --------------------------------------------------------------- learning
     def train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """One world-model and one actor-critic update on a batch of sequences [B, T, ...].
 
         Returns metrics as device tensors: nothing here waits for the device, so the caller
-        decides when to pay for a sync (`metrics_to_floats`).
+        decides when to pay for a sync (`metrics_to_floats`, `read_nonfinite`).
         """
+        started = time.perf_counter()
         data = self._to_device(batch)
         with self._autocast():
             wm_loss, metrics, posterior = self.world_model.loss(data)
         self.wm_opt.zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.world_model.grad_clip)
-        metrics["world_model/grad_norm"] = wm_norm
         wm_bad = self._skip_if_nonfinite(self.wm_opt, wm_norm)
         self.wm_opt.step()
 
@@ -120,14 +137,42 @@ class Agent:
         clip = self.config.behavior.grad_clip
         actor_norm = torch.nn.utils.clip_grad_norm_(self.actor_critic.actor.parameters(), clip)
         critic_norm = torch.nn.utils.clip_grad_norm_(self.actor_critic.critic.parameters(), clip)
-        metrics["actor/grad_norm"], metrics["critic/grad_norm"] = actor_norm, critic_norm
         ac_bad = self._skip_if_nonfinite(self.ac_opt, actor_norm + critic_norm)
         self.ac_opt.step()
         self.actor_critic.update_slow_critic()
         self.updates += 1
-        metrics.update(ac_metrics)
-        metrics["train/nonfinite"] = torch.maximum(wm_bad, ac_bad)
-        return metrics
+        bad = torch.maximum(wm_bad, ac_bad)
+        total, streak, longest = self._nonfinite.unbind()
+        streak = (streak + 1.0) * bad
+        self._nonfinite = torch.stack([total + bad, streak, torch.maximum(longest, streak)])
+        metrics = {
+            **metrics, **ac_metrics, "world_model/grad_norm": wm_norm, "actor/grad_norm": actor_norm,
+            "critic/grad_norm": critic_norm, "train/nonfinite": bad,
+        }
+        if self.compile_plan.train and self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - started
+        # One copy of all metrics: compiled programs (CUDA graphs) reuse their output memory.
+        return dict(zip(metrics, torch.stack([v.reshape(()).float() for v in metrics.values()]).unbind()))
+
+    def read_nonfinite(self) -> tuple[int, int, int]:
+        """(skipped updates in all, consecutive skips now, longest run of consecutive skips since
+        the last read): one host sync, exact however rarely it is called."""
+        total, streak, longest = (int(v) for v in self._nonfinite.tolist())
+        self._nonfinite[2] = self._nonfinite[1]
+        return total, streak, longest
+
+    def _compile_training(self) -> None:
+        """Compile every unit the update repeats or is made of, each with its backward: the
+        encoder, one observe step (the scan calls it T times), the world-model losses, one
+        imagined step (H times), the actor-critic losses. The loops stay in Python over compiled
+        steps: unrolled into one graph, Inductor took minutes to compile a 32-step scan on a CPU,
+        growing with the sequence length."""
+        wm, ac = self.world_model, self.actor_critic
+        wm.encoder.compile(**compile_options(self.device))
+        wm.rssm.observe_step = compile_fn(wm.rssm.observe_step, self.device)
+        wm.losses = compile_fn(wm.losses, self.device)
+        ac.imagine_step = compile_fn(ac.imagine_step, self.device)
+        ac.trajectory_loss = compile_fn(ac.trajectory_loss, self.device)
 
     @staticmethod
     def _skip_if_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -> Tensor:
@@ -185,22 +230,28 @@ class Agent:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        keys = (*self.obs_spec.shapes, "action", "reward", "is_first", "is_last", "is_terminal")
-        data = {k: torch.as_tensor(np.asarray(batch[k]) if not isinstance(batch[k], Tensor) else batch[k]) for k in keys}
+        """A replayed batch as the train step takes it: fixed dtypes (a compiled step would
+        otherwise compile again for float64 observations), model-form actions."""
+        data = {k: self._host_tensor(batch[k]) for k in ("action", "reward", "is_first", "is_last", "is_terminal")}
         data = {k: v.to(self.device, non_blocking=True) for k, v in data.items()}
         data["action"] = self.act_spec.to_model(data["action"])
         data["reward"] = data["reward"].float()
-        data["is_first"] = data["is_first"].bool()
-        data["is_last"] = data["is_last"].bool()
-        data["is_terminal"] = data["is_terminal"].bool()
-        return data
+        for key in ("is_first", "is_last", "is_terminal"):
+            data[key] = data[key].bool()
+        return {**self._observations({k: self._host_tensor(batch[k]) for k in self.obs_spec.shapes}), **data}
 
-    def _compile(self) -> None:
-        """Compile the per-step and per-batch networks; the Python time loops stay eager."""
-        wm, ac = self.world_model, self.actor_critic
-        for module in (wm.encoder, wm.decoder, wm.reward_head, wm.continue_head, ac.actor, ac.critic, wm.rssm.prior_net):
-            module.compile()
-        wm.rssm.recur = torch.compile(wm.rssm.recur)
+    def _host_tensor(self, value: Any) -> Tensor:
+        tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+        # page-locked memory lets the copy to the GPU run without blocking the host
+        return tensor.pin_memory() if self.device.type == "cuda" and tensor.device.type == "cpu" else tensor
+
+    def _observations(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Images stay uint8 (4x fewer bytes to move), vectors become float32."""
+        images = set(self.obs_spec.image_keys)
+        return {
+            k: v.to(self.device, non_blocking=True) if k in images else v.to(self.device, torch.float32, non_blocking=True)
+            for k, v in obs.items()
+        }
 
 
 def metrics_to_floats(metrics: dict[str, Tensor]) -> dict[str, float]:

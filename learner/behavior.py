@@ -96,21 +96,35 @@ class ActorCritic(nn.Module):
 
         `replay` holds the replayed sequences' `reward`, `is_last` and `is_terminal` [B, T]: the
         critic also learns from their real returns (DreamerV3's replay value loss)."""
-        cfg = self.cfg
-        batch, length = start.deter.shape[:2]
-        start_cont = ~replay["is_terminal"]
         deter, stoch = start.deter.flatten(0, 1), start.stoch.flatten(0, 1)
         deters, stochs, logps, ents = [deter], [stoch], [], []
-        for _ in range(cfg.horizon):
-            dist = self.policy(deter.detach() if not self.backprop else deter, stoch.detach() if not self.backprop else stoch)
-            action = dist.sample()
-            logps.append(dist.log_prob(action.detach()))
-            ents.append(dist.entropy())
-            with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
-                deter, stoch = wm.rssm.imagine_step(deter, stoch, action if self.backprop else action.detach())
+        for _ in range(self.cfg.horizon):
+            deter, stoch, logp, ent = self.imagine_step(wm, deter, stoch)
             deters.append(deter)
             stochs.append(stoch)
-        deter_all, stoch_all = torch.stack(deters), torch.stack(stochs)  # [H+1, N, ...]
+            logps.append(logp)
+            ents.append(ent)
+        # [H+1, N, ...] states, [H, N] log-probabilities and entropies of the actions taken
+        return self.trajectory_loss(wm, torch.stack(deters), torch.stack(stochs), torch.stack(logps), torch.stack(ents), replay)
+
+    def imagine_step(self, wm: WorldModel, deter: Tensor, stoch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The actor acts in an imagined state and the model predicts the next one (the unit the
+        agent compiles: the loop calls it `horizon` times). Returns the next state and the
+        action's log-probability and the policy's entropy."""
+        dist = self.policy(deter.detach() if not self.backprop else deter, stoch.detach() if not self.backprop else stoch)
+        action = dist.sample()
+        logp, ent = dist.log_prob(action.detach()), dist.entropy()
+        with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
+            deter, stoch = wm.rssm.imagine_step(deter, stoch, action if self.backprop else action.detach())
+        return deter, stoch, logp, ent
+
+    def trajectory_loss(
+        self, wm: WorldModel, deter_all: Tensor, stoch_all: Tensor, logps: Tensor, entropy: Tensor, replay: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Actor and critic losses of imagined trajectories (compiled as one unit)."""
+        cfg = self.cfg
+        batch, length = replay["is_terminal"].shape
+        start_cont = ~replay["is_terminal"]
         with torch.set_grad_enabled(self.backprop and torch.is_grad_enabled()):
             reward = wm.reward(deter_all[1:], stoch_all[1:]).mean()
         with torch.no_grad():
@@ -127,11 +141,10 @@ class ActorCritic(nn.Module):
         self.return_norm.update(returns)
         scale = self.return_norm.scale()
         advantage = (returns - value[:-1]) / scale
-        entropy = torch.stack(ents)
         if self.backprop:
             actor_objective = advantage
         else:
-            actor_objective = torch.stack(logps) * advantage.detach()
+            actor_objective = logps * advantage.detach()
         actor_loss = -(weight[:-1] * (actor_objective + cfg.entropy * entropy)).mean()
 
         with torch.no_grad():

@@ -97,7 +97,12 @@ class AgentConfig:
     harmony: HarmonyConfig = field(default_factory=HarmonyConfig)
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
-    # auto = CUDA when present. Precision auto = bf16 autocast on CUDA, fp32 elsewhere.
+    # auto = CUDA when present.
     device: str = "auto"
+    # auto = bf16 autocast where the device computes in bf16 natively (GPUs with bf16 tensor
+    # cores, CPUs with AMX or AVX512-BF16), fp32 elsewhere (learner/precision.py); or bf16 | fp32.
     precision: str = "auto"
-    compile: bool = False
+    # auto = compile the train step and the policy step where that measured faster (CUDA always,
+    # CPUs per model size: learner/compiler.py); or on | off. `off` is the eager reference.
+    compile: str = "auto"
+    compile_cache: str = "~/.cache/harmonyray/inductor"  # compiled programs, reused by later runs

@@ -67,14 +67,15 @@ class Learner:
         return ray.get_runtime_context().get_node_id()
 
     def device(self) -> str:
-        return str(self.agent.device)
+        """Where and how it trains, for the driver's placement report."""
+        agent = self.agent
+        return f"{agent.device}, {agent.precision.precision} ({agent.precision.reason}), {agent.compile_plan.describe()}"
 
     def run(self, max_updates: int | None = None) -> int:
         """Train until stopped, until the replay closes, or for max_updates; returns updates."""
         torch.set_num_threads(self.threads)  # OpenMP's count is per thread: this is a pool thread
         self._torch_threads = torch.get_num_threads()
         sampler = self.replay.sampler(self.batch_size, self.seq_len, prefetch=self.prefetch)
-        consecutive_bad = 0
         try:
             while not self._stop.is_set() and (max_updates is None or self.agent.updates < max_updates):
                 waited = time.perf_counter()
@@ -91,11 +92,10 @@ class Learner:
                 self._wait_seconds += started - waited
                 self._train_seconds += time.perf_counter() - started
                 if self.agent.updates % self.publish_every == 0 or self.agent.updates == 1:
-                    bad = int(metrics["train/nonfinite"].item())  # one sync per broadcast
-                    consecutive_bad = consecutive_bad + bad if bad else 0
-                    self._nonfinite_total += bad
-                    if consecutive_bad >= self.max_nonfinite:
-                        raise NonFiniteError(f"{consecutive_bad} consecutive updates had non-finite gradients; stopping (see the last checkpoint)")
+                    # one sync per broadcast; the device counted every skipped update meanwhile
+                    self._nonfinite_total, _, longest = self.agent.read_nonfinite()
+                    if longest >= self.max_nonfinite:
+                        raise NonFiniteError(f"{longest} consecutive updates had non-finite gradients; stopping (see the last checkpoint)")
                     self._publish()
         finally:
             sampler.close()
@@ -122,6 +122,8 @@ class Learner:
         }
         if staleness:
             out["learner/weight_staleness"] = float(np.mean(staleness))
+        if self.agent.compile_seconds is not None:  # the first update, compiling included
+            out["learner/compile_s"] = self.agent.compile_seconds
         self._updates_at_last_stats, self._time_at_last_stats = updates, now
         self._wait_seconds = self._train_seconds = 0.0
         return out

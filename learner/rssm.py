@@ -96,15 +96,22 @@ class RSSM(nn.Module):
         action_proj = self.in_action(action * keep)
         embed_proj = self.post_embed(embed)
         deter, stoch = self.initial(batch, embed.device)
+        # time-major, so that every step's inputs are contiguous slices
+        keep, action_proj, embed_proj = (x.transpose(0, 1).contiguous() for x in (keep, action_proj, embed_proj))
         deters, stochs, logits = [], [], []
         for t in range(length):
-            deter = self.recur(deter * keep[:, t], stoch * keep[:, t], action_proj[:, t])
-            post = self.posterior_logits(deter, embed_proj[:, t])
-            stoch = self.dist(post).sample()
+            deter, stoch, post = self.observe_step(deter, stoch, keep[t], action_proj[t], embed_proj[t])
             deters.append(deter)
             stochs.append(stoch)
             logits.append(post)
         return torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits, 1)
+
+    def observe_step(self, deter: Tensor, stoch: Tensor, keep: Tensor, action_proj: Tensor, embed_proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One filtering step (the unit the agent compiles: the loop calls it `length` times).
+        Returns the new deter, a posterior sample and the posterior logits."""
+        deter = self.recur(deter * keep, stoch * keep, action_proj)
+        post = self.posterior_logits(deter, embed_proj)
+        return deter, self.dist(post).sample(), post
 
     def imagine_step(self, deter: Tensor, stoch: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Advance a state by an action without an observation (samples z from the prior)."""

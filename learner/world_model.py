@@ -137,6 +137,13 @@ class WorldModel(nn.Module):
         obs = {key: data[key] for key in self.decoder.spec.shapes}
         embed = self.encoder(obs)
         deter, stoch, post_logits = self.rssm.observe(embed, data["action"], data["is_first"])
+        total, metrics = self.losses(deter, stoch, post_logits, data)
+        return total, metrics, Posterior(deter.detach(), stoch.detach())
+
+    def losses(self, deter: Tensor, stoch: Tensor, post_logits: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Every loss of the filtered sequences, combined by the harmonizer (the part of `loss`
+        after the observe scan, compiled as one unit)."""
+        obs = {key: data[key] for key in self.decoder.spec.shapes}
         prior_logits = self.rssm.prior_logits(deter)
         post, prior = self.rssm.dist(post_logits), self.rssm.dist(prior_logits)
         post_sg, prior_sg = self.rssm.dist(post_logits.detach()), self.rssm.dist(prior_logits.detach())
@@ -148,7 +155,7 @@ class WorldModel(nn.Module):
         raw["continue"] = F.binary_cross_entropy_with_logits(self.continue_logits(deter, stoch), cont_target, weight=terminal_weight)
         raw["dyn"] = torch.clamp(categorical_kl(post_sg, prior), min=free).mean()
         raw["rep"] = torch.clamp(categorical_kl(post, prior_sg), min=free).mean()
-        task_losses = {task: torch.zeros((), device=embed.device) for task in TASKS}
+        task_losses = {task: torch.zeros((), device=deter.device) for task in TASKS}
         for name, value in raw.items():
             task, share = self.loss_tasks[name]
             task_losses[task] = task_losses[task] + share * value
@@ -156,4 +163,4 @@ class WorldModel(nn.Module):
         metrics.update({f"loss/{name}": value.detach() for name, value in raw.items()})
         metrics["world_model/loss"] = total.detach()
         metrics["world_model/post_entropy"] = -(post.probs * post.log_probs).sum((-2, -1)).mean().detach()
-        return total, metrics, Posterior(deter.detach(), stoch.detach())
+        return total, metrics

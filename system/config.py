@@ -184,6 +184,7 @@ def validate(config: Config) -> None:
     """Checks across keys that the schema's types cannot express; each message names its dotted keys and what they must be."""
     if config.agent.harmony.mode == "False":  # YAML 1.1 reads a bare `off` as false, stored as "False"
         config.agent.harmony.mode = "off"
+    config.agent.compile = {"True": "on", "False": "off"}.get(config.agent.compile, config.agent.compile)  # same for on/off
     checks = [
         (config.run.steps > 0, f"run.steps must be positive (got {config.run.steps})"),
         (config.train.train_ratio > 0, f"train.train_ratio must be positive (got {config.train.train_ratio})"),
@@ -209,6 +210,7 @@ def validate(config: Config) -> None:
         (config.agent.behavior.imagined_continue in ("mode", "probability"), f"agent.behavior.imagined_continue must be mode or probability (got {config.agent.behavior.imagined_continue!r})"),
         (config.agent.behavior.actor_grad in ("auto", "reinforce", "backprop"), f"agent.behavior.actor_grad must be auto, reinforce or backprop (got {config.agent.behavior.actor_grad!r})"),
         (config.agent.precision in ("auto", "bf16", "fp32"), "agent.precision must be auto, bf16 or fp32"),
+        (config.agent.compile in ("auto", "on", "off"), "agent.compile must be auto, on or off"),
         (config.agent.world_model.terminal_weight > 0, f"agent.world_model.terminal_weight must be positive (1 = DreamerV3; got {config.agent.world_model.terminal_weight})"),
     ]
     for ok, message in checks:

@@ -142,6 +142,21 @@ def test_nonfinite_update_is_skipped_and_counted():
     assert all(torch.isfinite(p).all() for p in agent.world_model.parameters())
 
 
+def test_nonfinite_skips_are_counted_exactly_between_reads():
+    """The device counts every skipped update; one read (a host sync) gives the exact total, the
+    current run of consecutive skips and the longest run since the last read."""
+    agent = make_agent("vector", "discrete")
+    batch = make_batch(agent)
+    bad = dict(batch, vector=np.full_like(batch["vector"], np.nan))
+    for data in (bad, bad, bad, batch, bad, bad):
+        agent.train_step(data)
+    assert agent.read_nonfinite() == (5, 2, 3)
+    assert agent.read_nonfinite() == (5, 2, 2), "the longest run restarts from the current one"
+    agent.train_step(batch)
+    assert agent.read_nonfinite() == (5, 0, 2)
+    assert agent.read_nonfinite() == (5, 0, 0)
+
+
 def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path):
     config = tiny_config("run.steps=1600", "train.train_ratio=4", "runners.max_restarts=2", "run.eval_episodes=0")
     logdir = make_logdir(config, str(tmp_path / "run"))

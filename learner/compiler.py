@@ -1,0 +1,71 @@
+"""Whether and how the agent's hot functions are compiled (`agent.compile: auto | on | off`).
+
+An eager DreamerV3 update is thousands of small operators launched one by one from Python (the
+64-step observe scan, the 15-step imagination, forward and backward); compiled, each loss with
+its backward becomes a few fused programs. On CUDA the programs are also captured as CUDA graphs
+and replayed (`reduce-overhead`); on a CPU Inductor emits fused C++ loops.
+Compiled artefacts go to a cache folder so that a second run (or a restarted actor) loads them
+instead of compiling again.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+COMPILE_MODES = ("auto", "on", "off")
+# Below this recurrent width a model is test-sized: its runs are too short to pay back a compile.
+MIN_AUTO_DETER = 256
+
+
+@dataclass(frozen=True)
+class CompilePlan:
+    """What `agent.compile` resolves to on one device: the train step, the policy step, and why."""
+
+    train: bool
+    act: bool
+    reason: str
+
+    def describe(self) -> str:
+        parts = [name for name, on in (("train step", self.train), ("policy step", self.act)) if on]
+        return f"compiled: {' and '.join(parts) or 'nothing'} ({self.reason})"
+
+
+def plan_compile(setting: str, device: torch.device, bf16: bool, deter: int) -> CompilePlan:
+    """Resolve `agent.compile`. `auto` follows what measured faster (bench/README.md): on CUDA
+    everything (launch-bound); on a CPU the policy step (2x at a runner's batch of 1), and the
+    train step only in bf16, where fusing the casts pays (1.28x at XS); in fp32 a CPU update is
+    matrix-multiply-bound and compiling gained 1-8 % for a minute of compile time."""
+    if setting not in COMPILE_MODES:
+        raise ValueError(f"agent.compile must be auto, on or off, not {setting!r}")
+    if setting != "auto":
+        on = setting == "on"
+        return CompilePlan(on, on, "set in the config")
+    if device.type == "cuda":
+        return CompilePlan(True, True, "auto: CUDA")
+    if deter < MIN_AUTO_DETER:
+        return CompilePlan(False, False, f"auto: a test-sized model (deter {deter} < {MIN_AUTO_DETER})")
+    if device.type != "cpu":
+        return CompilePlan(False, False, f"auto: no rule for {device.type}")
+    return CompilePlan(bf16, True, f"auto: CPU, {'bf16' if bf16 else 'fp32: the update is matmul-bound'}")
+
+
+def use_cache_dir(folder: str) -> Path:
+    """Point Inductor's on-disk cache at `folder` (read when it first compiles in this process)."""
+    path = Path(os.path.expanduser(folder))
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def compile_options(device: torch.device) -> dict[str, Any]:
+    """Fixed shapes (batches never change size); on CUDA each program is captured once and
+    replayed as a CUDA graph."""
+    return {"mode": "reduce-overhead" if device.type == "cuda" else None, "dynamic": False}
+
+
+def compile_fn(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+    return torch.compile(fn, **compile_options(device))
