@@ -50,7 +50,7 @@ class Agent:
         self.config = config
         self.obs_spec, self.act_spec = obs_spec, act_spec
         self.device = resolve_device(device or config.device)
-        self.precision = choose_precision(config.precision, self.device)
+        self.precision = choose_precision(config.precision, self.device, config.model.resolved()["deter"])
         self.bf16 = self.precision.bf16
         self.world_model = WorldModel(obs_spec, act_spec, config).to(self.device)
         feat = [self.world_model.rssm.deter, self.world_model.rssm.latent_dim]
@@ -100,7 +100,10 @@ class Agent:
         state = state or self.initial_state(len(is_first))
         obs_t = self._observations({k: torch.as_tensor(obs[k]) for k in self.obs_spec.shapes})
         keep = torch.as_tensor(~np.asarray(is_first, bool), device=self.device).float().unsqueeze(-1)
+        self._new_cuda_graph_step(self.compile_plan.act)
         env_action, deter, stoch, action = self._act(obs_t, state.deter, state.stoch, state.action, keep, greedy)
+        if self.compile_plan.act and self.device.type == "cuda":  # CUDA graphs reuse their outputs' memory
+            deter, stoch, action = deter.clone(), stoch.clone(), action.clone()
         return env_action.cpu().numpy(), PolicyState(deter, stoch, action)
 
     def _eager_act(self, obs: dict[str, Tensor], deter: Tensor, stoch: Tensor, action: Tensor, keep: Tensor, greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -121,6 +124,7 @@ class Agent:
         decides when to pay for a sync (`metrics_to_floats`, `read_nonfinite`).
         """
         started = time.perf_counter()
+        self._new_cuda_graph_step(self.compile_plan.train)
         data = self._to_device(batch)
         with self._autocast():
             wm_loss, metrics, posterior = self.world_model.loss(data)
@@ -173,6 +177,11 @@ class Agent:
         wm.losses = compile_fn(wm.losses, self.device)
         ac.imagine_step = compile_fn(ac.imagine_step, self.device)
         ac.trajectory_loss = compile_fn(ac.trajectory_loss, self.device)
+
+    def _new_cuda_graph_step(self, compiled: bool) -> None:
+        """Tell CUDA graph trees that a new step begins: outputs of the last one may be reused."""
+        if compiled and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
 
     @staticmethod
     def _skip_if_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -> Tensor:

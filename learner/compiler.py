@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import torch
 
+from learner.config import MIN_CPU_SPEEDUP_DETER
+
 COMPILE_MODES = ("auto", "on", "off")
-# Below this recurrent width a model is test-sized: its runs are too short to pay back a compile.
-MIN_AUTO_DETER = 256
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ def plan_compile(setting: str, device: torch.device, bf16: bool, deter: int) -> 
         return CompilePlan(on, on, "set in the config")
     if device.type == "cuda":
         return CompilePlan(True, True, "auto: CUDA")
-    if deter < MIN_AUTO_DETER:
-        return CompilePlan(False, False, f"auto: a test-sized model (deter {deter} < {MIN_AUTO_DETER})")
+    if deter < MIN_CPU_SPEEDUP_DETER:
+        return CompilePlan(False, False, f"auto: a test-sized model (deter {deter} < {MIN_CPU_SPEEDUP_DETER})")
     if device.type != "cpu":
         return CompilePlan(False, False, f"auto: no rule for {device.type}")
     return CompilePlan(bf16, True, f"auto: CPU, {'bf16' if bf16 else 'fp32: the update is matmul-bound'}")

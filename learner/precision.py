@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from learner.config import MIN_CPU_SPEEDUP_DETER
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -41,9 +43,10 @@ class PrecisionChoice:
         return self.precision == "bf16"
 
 
-def choose_precision(requested: str, device: torch.device, cpu: CpuFeatures | None = None) -> PrecisionChoice:
-    """Resolve `agent.precision` for `device`: an explicit bf16/fp32 is kept; auto picks bf16 only
-    where the device computes in bf16 natively."""
+def choose_precision(requested: str, device: torch.device, deter: int, cpu: CpuFeatures | None = None) -> PrecisionChoice:
+    """Resolve `agent.precision` for `device` and a model of recurrent width `deter`: an explicit
+    bf16/fp32 is kept; auto picks bf16 only where the device computes in bf16 natively (and, on a
+    CPU, the matrices are large enough for that to outweigh the casts)."""
     if requested not in PRECISIONS:
         raise ValueError(f"agent.precision must be auto, bf16 or fp32, not {requested!r}")
     if requested != "auto":
@@ -55,6 +58,8 @@ def choose_precision(requested: str, device: torch.device, cpu: CpuFeatures | No
     if device.type == "cpu":
         cpu = cpu or CpuFeatures.detect()
         units = [name for name, present in (("AMX", cpu.amx), ("AVX512-BF16", cpu.avx512_bf16)) if present]
+        if units and deter < MIN_CPU_SPEEDUP_DETER:
+            return PrecisionChoice("fp32", f"auto: a test-sized model (deter {deter}): bf16 casts would cost more than they save")
         if units:
             return PrecisionChoice("bf16", f"auto: the CPU has {' and '.join(units)}")
         return PrecisionChoice("fp32", "auto: the CPU has no bf16 units (no AMX, no AVX512-BF16)")

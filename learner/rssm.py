@@ -91,23 +91,23 @@ class RSSM(nn.Module):
         """Filter a batch of sequences. embed [B, T, E], action [B, T, A] (the action that led to
         each observation), is_first [B, T]. Returns deter [B, T, D], stoch samples [B, T, Z] and
         posterior logits [B, T, Z]; the state is reset to zeros where is_first is set."""
-        batch, length = embed.shape[:2]
+        batch = embed.shape[0]
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)
         action_proj = self.in_action(action * keep)
         embed_proj = self.post_embed(embed)
         deter, stoch = self.initial(batch, embed.device)
-        # time-major, so that every step's inputs are contiguous slices
-        keep, action_proj, embed_proj = (x.transpose(0, 1).contiguous() for x in (keep, action_proj, embed_proj))
+        # one view per step (unbind: a single op, whose backward is one stack, not T scatters)
+        steps = zip(keep.unbind(1), action_proj.unbind(1), embed_proj.unbind(1))
         deters, stochs, logits = [], [], []
-        for t in range(length):
-            deter, stoch, post = self.observe_step(deter, stoch, keep[t], action_proj[t], embed_proj[t])
+        for keep_t, action_t, embed_t in steps:
+            deter, stoch, post = self.observe_step(deter, stoch, keep_t, action_t, embed_t)
             deters.append(deter)
             stochs.append(stoch)
             logits.append(post)
         return torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits, 1)
 
     def observe_step(self, deter: Tensor, stoch: Tensor, keep: Tensor, action_proj: Tensor, embed_proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One filtering step (the unit the agent compiles: the loop calls it `length` times).
+        """One filtering step (the unit the agent compiles: `observe` calls it once per time step).
         Returns the new deter, a posterior sample and the posterior logits."""
         deter = self.recur(deter * keep, stoch * keep, action_proj)
         post = self.posterior_logits(deter, embed_proj)
