@@ -74,7 +74,7 @@ class Agent:
         # `read_nonfinite` last looked.
         self._nonfinite = torch.zeros(3, device=self.device)
         # The hot functions, eager (the reference) or compiled: same code, same results.
-        self.compile_plan = plan_compile(config.compile, self.device, self.bf16, self.world_model.rssm.deter)
+        self.compile_plan = plan_compile(config.compile, self.device, self.world_model.rssm.deter, bool(obs_spec.image_keys))
         self.compile_seconds: float | None = None  # the first update's time, compiling included
         self._act: Any = self._eager_act
         if self.compile_plan.train or self.compile_plan.act:

@@ -106,7 +106,8 @@ class AgentConfig:
     # auto = bf16 autocast where the device computes in bf16 natively (GPUs with bf16 tensor
     # cores, CPUs with AMX or AVX512-BF16), fp32 elsewhere (learner/precision.py); or bf16 | fp32.
     precision: str = "auto"
-    # auto = compile the train step and the policy step where that measured faster (CUDA always,
-    # CPUs per model size: learner/compiler.py); or on | off. `off` is the eager reference.
+    # auto = compile the train step and the policy step where that measured faster (everything on
+    # CUDA; on a CPU per step and observation kind: learner/compiler.py); or on | off. `off` is
+    # the eager reference.
     compile: str = "auto"
     compile_cache: str = "~/.cache/harmonyray/inductor"  # compiled programs, reused by later runs

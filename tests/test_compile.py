@@ -83,15 +83,16 @@ def test_compiled_policy_step_matches_eager(trained):
 
 def test_auto_compiles_what_measured_faster():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    on_cuda = plan_compile("auto", cuda, bf16=False, deter=512)
+    on_cuda = plan_compile("auto", cuda, deter=512, images=True)
     assert on_cuda.train and on_cuda.act
-    fp32_cpu = plan_compile("auto", cpu, bf16=False, deter=512)
-    assert fp32_cpu.act and not fp32_cpu.train, "an fp32 CPU update is matmul-bound"
-    assert plan_compile("auto", cpu, bf16=True, deter=256).train
-    tiny = plan_compile("auto", cpu, bf16=True, deter=32)
+    vector_cpu = plan_compile("auto", cpu, deter=256, images=False)
+    assert vector_cpu.train and vector_cpu.act
+    image_cpu = plan_compile("auto", cpu, deter=512, images=True)
+    assert image_cpu.act and not image_cpu.train, "an image model's CPU update is conv-bound"
+    tiny = plan_compile("auto", cpu, deter=32, images=False)
     assert not tiny.train and not tiny.act, "test-sized models never pay back a compile"
-    forced = plan_compile("on", cpu, bf16=False, deter=32)
-    assert forced.train and forced.act and not plan_compile("off", cuda, True, 4096).train
+    forced = plan_compile("on", cpu, deter=32, images=True)
+    assert forced.train and forced.act and not plan_compile("off", cuda, 4096, False).train
     assert "policy step" in forced.describe()
     with pytest.raises(ValueError, match="agent.compile must be auto, on or off"):
-        plan_compile("yes", cpu, False, 512)
+        plan_compile("yes", cpu, 512, False)
