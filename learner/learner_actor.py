@@ -92,15 +92,20 @@ class Learner:
                 self._wait_seconds += started - waited
                 self._train_seconds += time.perf_counter() - started
                 if self.agent.updates % self.publish_every == 0 or self.agent.updates == 1:
-                    # one sync per broadcast; the device counted every skipped update meanwhile
-                    self._nonfinite_total, _, longest = self.agent.read_nonfinite()
-                    if longest >= self.max_nonfinite:
-                        raise NonFiniteError(f"{longest} consecutive updates had non-finite gradients; stopping (see the last checkpoint)")
+                    self._check_nonfinite()
                     self._publish()
         finally:
             sampler.close()
+        self._check_nonfinite()
         self._publish()
         return self.agent.updates
+
+    def _check_nonfinite(self) -> None:
+        """One sync per broadcast: the device counted every skipped update meanwhile, so a run of
+        consecutive skips between two reads is seen too."""
+        self._nonfinite_total, _, longest = self.agent.read_nonfinite()
+        if longest >= self.max_nonfinite:
+            raise NonFiniteError(f"{longest} consecutive updates had non-finite gradients; stopping (see the last checkpoint)")
 
     def stats(self) -> dict[str, Any]:
         """Latest losses and sigmas, updates/s since the last call, staleness, time waiting on data."""

@@ -6,6 +6,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Generator
 
 import gymnasium
 import numpy as np
@@ -18,6 +19,9 @@ from test_runtime import tiny_config
 from actors.collector import Collector, EnvFailure
 from actors.envs import make_env
 from learner.agent import metrics_to_floats
+from learner.broadcast import make_weight_board
+from learner.config import AgentConfig, ModelConfig
+from learner.learner_actor import Learner, NonFiniteError
 from system.driver import Run, make_logdir
 from system.metrics import read_metrics
 from system.supervisor import RunnersFailed
@@ -220,3 +224,35 @@ def test_run_stops_with_a_clear_message_when_every_runner_is_given_up(ray_local,
     with pytest.raises(RunnersFailed, match="every runner failed 2 times in a row.*simulator cannot start.*harmonyray resume"):
         Run(config, logdir, resume=False, progress=False).execute()
     assert list((logdir / "checkpoints").glob("ckpt-*.pt")), "the stop wrote a checkpoint"
+
+
+class _ListReplay:
+    """A stand-in for the replay service's client (only `sampler`): the batches given, in order.
+    Lets a test choose exactly which updates see non-finite data."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self.batches = batches
+
+    def sampler(self, batch_size: int, seq_len: int, prefetch: int = 2) -> Generator[dict[str, np.ndarray], None, None]:
+        yield from self.batches  # a generator: closable, as the Learner closes its sampler
+
+
+def test_learner_stops_on_consecutive_skips_between_publishes(ray_local):
+    """Three skipped updates in a row stop the run even when they fall between two broadcasts
+    (the count used to be read only at publish steps and missed them), and fewer do not."""
+    agent = make_agent("vector", "discrete")
+    batch = make_batch(agent)
+    batch["weight_version"] = np.zeros(batch["is_first"].shape[0])
+    bad = dict(batch, vector=np.full_like(batch["vector"], np.nan))
+    config = AgentConfig(model=ModelConfig(size="debug"))
+
+    def learner(batches):
+        return Learner(agent.obs_spec, agent.act_spec, config, _ListReplay(batches), make_weight_board(),
+                       batch_size=3, seq_len=8, publish_every=5, max_nonfinite=3)
+
+    # updates 2-4 are skipped, 5 is fine and publishes: the streak of 3 ended before any read
+    with pytest.raises(NonFiniteError, match="3 consecutive updates"):
+        learner([batch, bad, bad, bad, batch, batch]).run()
+    survivor = learner([batch, bad, bad, batch, bad, bad, batch])
+    assert survivor.run() == 7
+    assert survivor.stats()["learner/nonfinite_updates"] == 4
