@@ -10,6 +10,7 @@ instead of compiling again.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ import torch
 from learner.config import MIN_CPU_SPEEDUP_DETER
 
 COMPILE_MODES = ("auto", "on", "off")
+CXX = os.environ.get("CXX", "g++")  # what Inductor calls on Linux
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ def plan_compile(setting: str, device: torch.device, deter: int, images: bool) -
     if setting != "auto":
         on = setting == "on"
         return CompilePlan(on, on, "set in the config")
+    if shutil.which(CXX) is None:  # Inductor builds CPU kernels with it, Triton its GPU launchers
+        return CompilePlan(False, False, f"auto: no C++ compiler ({CXX}) on this machine")
     if device.type == "cuda":
         return CompilePlan(True, True, "auto: CUDA")
     if deter < MIN_CPU_SPEEDUP_DETER:

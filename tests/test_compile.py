@@ -99,3 +99,11 @@ def test_auto_compiles_what_measured_faster():
     assert "policy step" in forced.describe()
     with pytest.raises(ValueError, match="agent.compile must be auto, on or off"):
         plan_compile("yes", cpu, 512, False)
+
+
+def test_auto_stays_eager_on_a_cpu_without_a_cxx_compiler(monkeypatch):
+    monkeypatch.setattr("learner.compiler.CXX", "no-such-compiler-here")
+    plan = plan_compile("auto", torch.device("cpu"), deter=512, images=False)
+    assert not plan.train and not plan.act and "no C++ compiler" in plan.reason
+    assert not plan_compile("auto", torch.device("cuda"), deter=512, images=False).train
+    assert plan_compile("on", torch.device("cpu"), deter=512, images=False).train, "on is obeyed"
