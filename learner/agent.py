@@ -69,6 +69,9 @@ class Agent:
         )
         self._ac_params = [p for g in self.ac_opt.param_groups for p in g["params"]]
         self.updates = 0
+        # The last trained batch's per-sequence replay priorities [B] (float32, on the device; see
+        # WorldModel.losses): reading them is a host sync, left to whoever sends them to the replay.
+        self.last_priorities: Tensor | None = None
         # Skipped (non-finite) updates, counted on the device so that no update waits for the
         # host: the total, the current run of consecutive skips and the longest run since
         # `read_nonfinite` last looked.
@@ -121,13 +124,16 @@ class Agent:
         """One world-model and one actor-critic update on a batch of sequences [B, T, ...].
 
         Returns metrics as device tensors: nothing here waits for the device, so the caller
-        decides when to pay for a sync (`metrics_to_floats`, `read_nonfinite`).
+        decides when to pay for a sync (`metrics_to_floats`, `read_nonfinite`). The batch's
+        per-sequence replay priorities are left, also on the device, in `last_priorities`.
         """
         started = time.perf_counter()
         self._new_cuda_graph_step(self.compile_plan.train)
         data = self._to_device(batch)
         with self._autocast():
-            wm_loss, metrics, posterior = self.world_model.loss(data)
+            wm_loss, metrics, posterior, priorities = self.world_model.loss_and_priority(data)
+        # a copy: compiled programs (CUDA graphs) reuse their output memory at the next update
+        self.last_priorities = priorities.detach().to(torch.float32, copy=True)
         self.wm_opt.zero_grad(set_to_none=True)
         wm_loss.backward()
         wm_norm = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.world_model.grad_clip)

@@ -2,9 +2,15 @@
 
 It runs its loop in one thread while `stats`, `checkpoint_state` and `stop` are served from
 others (a threaded actor); a lock keeps a checkpoint from catching a half-applied update.
+
+With prioritised replay (`priority=True`) it samples with keys and, after each update, hands the
+keys and the batch's per-sequence priorities (still on the device) to a `PrioritySender` thread,
+which copies them to the host (the sync happens there, not on the training thread) and sends them
+to the shards that served them, several updates per call.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any
@@ -17,6 +23,9 @@ from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig
 from learner.openloop import openloop_frames
 from learner.spaces import ActionSpec, ObservationSpec
+
+
+_PUBLISH_TIMEOUT_S = 60.0  # the weight board lives on the driver's node: no answer means the run is gone
 
 
 class NonFiniteError(RuntimeError):
@@ -38,7 +47,10 @@ class Learner:
         threads: int = 0,
         max_nonfinite: int = 10,
         state: dict[str, Any] | None = None,
+        priority: bool = False,
     ):
+        """`priority`: the replay samples by priority (`replay.sampling=priority`), so send it the
+        world model's per-sequence priorities of every trained batch."""
         self.threads = threads or torch.get_num_threads()
         _one_torch_thread()  # `run` sets the training thread's count
         self.agent = Agent(obs_spec, act_spec, agent_config)
@@ -59,6 +71,9 @@ class Learner:
         self._wait_seconds = 0.0
         self._train_seconds = 0.0
         self._torch_threads = 0  # as seen by the training thread, once it runs
+        self.priority = priority
+        self._priorities: PrioritySender | None = None  # while `run` runs, with priority
+        self._priority_counts = {"sent": 0, "errors": 0, "dropped": 0}  # of senders that ended
         if self.agent.updates > 0:  # resumed: runners act with the restored policy at once
             self._publish()
 
@@ -75,13 +90,18 @@ class Learner:
         """Train until stopped, until the replay closes, or for max_updates; returns updates."""
         torch.set_num_threads(self.threads)  # OpenMP's count is per thread: this is a pool thread
         self._torch_threads = torch.get_num_threads()
-        sampler = self.replay.sampler(self.batch_size, self.seq_len, prefetch=self.prefetch)
+        if self.priority:
+            sampler = self.replay.sampler(self.batch_size, self.seq_len, prefetch=self.prefetch, with_keys=True)
+            self._priorities = PrioritySender(self.replay, every=self.publish_every)
+        else:
+            sampler = self.replay.sampler(self.batch_size, self.seq_len, prefetch=self.prefetch)
         try:
             while not self._stop.is_set() and (max_updates is None or self.agent.updates < max_updates):
                 waited = time.perf_counter()
-                batch = next(sampler, None)
-                if batch is None:
+                item = next(sampler, None)
+                if item is None:
                     break
+                batch, keys = item if self.priority else (item, None)
                 started = time.perf_counter()
                 with self._lock:
                     metrics = self.agent.train_step(batch)
@@ -89,16 +109,31 @@ class Learner:
                     self._last_batch = batch
                     staleness = self.agent.updates - 1 - float(np.mean(batch["weight_version"]))
                     self._staleness.append(staleness)
+                    priorities = self.agent.last_priorities
+                if self._priorities is not None:
+                    self._priorities.put(keys, priorities)  # no sync here: the sender's thread copies
                 self._wait_seconds += started - waited
                 self._train_seconds += time.perf_counter() - started
                 if self.agent.updates % self.publish_every == 0 or self.agent.updates == 1:
                     self._check_nonfinite()
                     self._publish()
         finally:
-            sampler.close()
+            try:
+                sampler.close()
+            finally:
+                self._close_priorities()
         self._check_nonfinite()
         self._publish()
         return self.agent.updates
+
+    def _close_priorities(self) -> None:
+        """Send what the thread still holds (bounded wait) and keep its counts."""
+        sender, self._priorities = self._priorities, None
+        if sender is None:
+            return
+        sender.close()
+        for name, value in sender.counts().items():
+            self._priority_counts[name] += value
 
     def _check_nonfinite(self) -> None:
         """One sync per broadcast: the device counted every skipped update meanwhile, so a run of
@@ -125,6 +160,13 @@ class Learner:
             "learner/nonfinite_updates": self._nonfinite_total,
             "learner/torch_threads": self._torch_threads,
         }
+        if self.priority:
+            sender = self._priorities
+            running = sender.counts() if sender is not None else {}
+            counts = {name: value + running.get(name, 0) for name, value in self._priority_counts.items()}
+            out["learner/priority_updates"] = counts["sent"]  # sequences whose priority was sent
+            out["learner/priority_errors"] = counts["errors"]  # calls that failed (priorities are advisory)
+            out["learner/priority_dropped"] = counts["dropped"]  # sequences dropped: sender behind, or non-finite
         if staleness:
             out["learner/weight_staleness"] = float(np.mean(staleness))
         if self.agent.compile_seconds is not None:  # the first update, compiling included
@@ -161,7 +203,96 @@ class Learner:
     def _publish(self) -> None:
         weights = self.agent.policy_weights()
         ref = ray.put(weights)
-        ray.get(self.board.publish.remote(weights["version"], [ref]))
+        ray.get(self.board.publish.remote(weights["version"], [ref]), timeout=_PUBLISH_TIMEOUT_S)
+
+
+class PrioritySender:
+    """A thread that sends replay priorities off the training thread.
+
+    `put(keys, priorities)` never blocks: it queues the batch's keys and its priorities as a device
+    tensor. The thread copies each to the host (the one host sync, here), gathers them and, every
+    `every` updates or `interval_s` seconds, sends them in one `replay.update_priorities` call (one
+    call per shard). Priorities are advisory: a failed call (a shard down) is counted, not raised,
+    and when the thread falls `max_pending` updates behind, newer ones are dropped and counted.
+    """
+
+    def __init__(self, replay: Any, every: int = 5, interval_s: float = 0.5, max_pending: int = 64, poll_s: float = 0.1):
+        self.replay = replay
+        self.every, self.interval_s, self.poll_s = max(1, every), interval_s, poll_s
+        self._queue: queue.Queue[tuple[np.ndarray, torch.Tensor]] = queue.Queue(maxsize=max_pending)
+        self._stop = threading.Event()
+        self.sent = self.errors = self.dropped = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="priority-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, keys: np.ndarray, priorities: torch.Tensor | None) -> None:
+        if priorities is None:
+            return
+        try:
+            self._queue.put_nowait((np.asarray(keys, np.int64), priorities))
+        except queue.Full:
+            self.dropped += len(keys)
+
+    def counts(self) -> dict[str, int]:
+        return {"sent": self.sent, "errors": self.errors, "dropped": self.dropped}
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Send what was put, then end the thread; False if it did not end within timeout_s (a
+        shard call still waiting: the daemon thread finishes it alone)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        _one_torch_thread()
+        keys: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        last_send = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()  # read before the get: what was put before close is sent
+            try:
+                item = self._queue.get(timeout=self.poll_s)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                host = self._to_host(*item)
+                if host is not None:
+                    keys.append(host[0])
+                    values.append(host[1])
+            due = len(keys) >= self.every or time.monotonic() - last_send >= self.interval_s
+            if keys and (due or (stopping and item is None)):
+                self._send(np.concatenate(keys), np.concatenate(values))
+                keys, values = [], []
+                last_send = time.monotonic()
+            if stopping and item is None:
+                return
+
+    def _to_host(self, keys: np.ndarray, priorities: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            values = priorities.detach().to("cpu", torch.float64).numpy().ravel()
+            if values.shape != keys.shape:
+                raise ValueError(f"{keys.size} keys but {values.size} priorities")
+        except Exception as error:  # noqa: BLE001 - advisory: counted, never fatal
+            self._failed(error)
+            return None
+        finite = np.isfinite(values) & (values >= 0)  # a skipped (non-finite) update's batch
+        self.dropped += int((~finite).sum())
+        return keys[finite], values[finite]
+
+    def _send(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if keys.size == 0:
+            return
+        try:
+            self.replay.update_priorities(keys, values)
+        except Exception as error:  # noqa: BLE001 - advisory: counted, never fatal
+            self._failed(error)
+            return
+        self.sent += int(keys.size)
+
+    def _failed(self, error: Exception) -> None:
+        self.errors += 1
+        self.last_error = repr(error)
 
 
 def _one_torch_thread() -> None:

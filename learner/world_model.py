@@ -80,21 +80,28 @@ class Decoder(nn.Module):
             self.mlp = MLP(feat_dims, hidden, layers, sum(self.sizes))
 
     def losses(self, deter: Tensor, stoch: Tensor, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Sum of squared errors per sample (images in [-0.5, 0.5], vectors in symlog space),
-        averaged over batch and time: the image loss is a sum over pixels, as in the reference."""
+        """Sum of squared errors per step [B, T] (images in [-0.5, 0.5], vectors in symlog space):
+        the image loss is a sum over pixels, as in the reference; the caller averages over batch
+        and time."""
         losses: dict[str, Tensor] = {}
+        lead = deter.shape[:2]
         flat_deter, flat_stoch = deter.flatten(0, 1), stoch.flatten(0, 1)
         if self.image_keys:
             pred = self.cnn(flat_deter, flat_stoch).float()
             for key, part in zip(self.image_keys, pred.split(self.channels, -1)):
                 target = obs[key].flatten(0, 1).float() / 255.0 - 0.5
-                losses[key] = F.mse_loss(part, target, reduction="sum") / len(target)
+                losses[key] = _sum_squares(part, target).reshape(lead)
         if self.vector_keys:
             pred = self.mlp(flat_deter, flat_stoch).float()
             for key, part in zip(self.vector_keys, pred.split(self.sizes, -1)):
                 target = symlog(obs[key].flatten(0, 1).float())
-                losses[key] = F.mse_loss(part, target, reduction="sum") / len(target)
+                losses[key] = _sum_squares(part, target).reshape(lead)
         return losses
+
+
+def _sum_squares(pred: Tensor, target: Tensor) -> Tensor:
+    """[N, ...] predictions and targets -> [N] sums of squared errors."""
+    return (pred - target).square().flatten(1).sum(-1)
 
 
 class WorldModel(nn.Module):
@@ -120,6 +127,8 @@ class WorldModel(nn.Module):
             "dyn": ("dynamics", wm.dyn_scale / dyn_share),
             "rep": ("dynamics", wm.rep_scale / dyn_share),
         }
+        # raw loss name -> its weight in the replay priority: DreamerV3's fixed loss scales
+        self.priority_weights = {name: DREAMERV3_WEIGHTS[task] * share for name, (task, share) in self.loss_tasks.items()}
         harmony = config.harmony
         harmonized = [t for t in TASKS if t != "continue" or harmony.harmonize_continue]
         weights = DREAMERV3_WEIGHTS if harmony.mode == "off" else harmony.weights
@@ -134,27 +143,46 @@ class WorldModel(nn.Module):
     def loss(self, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], Posterior]:
         """data: observation keys, `action` (model form [B, T, A]), `reward`, `is_first`,
         `is_terminal`, all [B, T, ...]."""
+        total, metrics, posterior, _ = self.loss_and_priority(data)
+        return total, metrics, posterior
+
+    def loss_and_priority(self, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], Posterior, Tensor]:
+        """`loss`, plus each sequence's replay priority [B] (see `losses`)."""
         obs = {key: data[key] for key in self.decoder.spec.shapes}
         embed = self.encoder(obs)
         deter, stoch, post_logits = self.rssm.observe(embed, data["action"], data["is_first"])
-        total, metrics = self.losses(deter, stoch, post_logits, data)
-        return total, metrics, Posterior(deter.detach(), stoch.detach())
+        total, metrics, priority = self.losses(deter, stoch, post_logits, data)
+        return total, metrics, Posterior(deter.detach(), stoch.detach()), priority
 
-    def losses(self, deter: Tensor, stoch: Tensor, post_logits: Tensor, data: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def losses(
+        self, deter: Tensor, stoch: Tensor, post_logits: Tensor, data: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Every loss of the filtered sequences, combined by the harmonizer (the part of `loss`
-        after the observe scan, compiled as one unit)."""
+        after the observe scan, compiled as one unit), and the replay priority of each sequence.
+
+        Each raw loss is first computed per step [B, T]; the reported and trained losses are their
+        means. The priority [B] (detached float32) is the mean over time of the per-step world-model
+        loss, weighted with DreamerV3's fixed scales (decoders, reward and continue 1, dyn 0.5,
+        rep 0.1 with the default shares) and not with the harmonizer's: those are learned and
+        drift, which would make priorities sent at different times incomparable. As in DreamerV3's
+        prioritised replay, sequences the model still predicts badly (high reconstruction, reward
+        or continue error, or a posterior far from the prior, i.e. surprise) are replayed more;
+        ones it has learned (losses at their floor, KLs clipped at the free nats) less."""
         obs = {key: data[key] for key in self.decoder.spec.shapes}
         prior_logits = self.rssm.prior_logits(deter)
         post, prior = self.rssm.dist(post_logits), self.rssm.dist(prior_logits)
         post_sg, prior_sg = self.rssm.dist(post_logits.detach()), self.rssm.dist(prior_logits.detach())
         free = self.config.world_model.free_nats
-        raw = self.decoder.losses(deter, stoch, obs)
-        raw["reward"] = -self.reward(deter, stoch).log_prob(data["reward"]).mean()
+        steps = self.decoder.losses(deter, stoch, obs)  # raw loss name -> [B, T]
+        steps["reward"] = -self.reward(deter, stoch).log_prob(data["reward"])
         cont_target = (~data["is_terminal"]).float()
         terminal_weight = 1.0 + (self.config.world_model.terminal_weight - 1.0) * data["is_terminal"].float()
-        raw["continue"] = F.binary_cross_entropy_with_logits(self.continue_logits(deter, stoch), cont_target, weight=terminal_weight)
-        raw["dyn"] = torch.clamp(categorical_kl(post_sg, prior), min=free).mean()
-        raw["rep"] = torch.clamp(categorical_kl(post, prior_sg), min=free).mean()
+        steps["continue"] = F.binary_cross_entropy_with_logits(
+            self.continue_logits(deter, stoch), cont_target, weight=terminal_weight, reduction="none"
+        )
+        steps["dyn"] = torch.clamp(categorical_kl(post_sg, prior), min=free)
+        steps["rep"] = torch.clamp(categorical_kl(post, prior_sg), min=free)
+        raw = {name: value.mean() for name, value in steps.items()}
         task_losses = {task: torch.zeros((), device=deter.device) for task in TASKS}
         for name, value in raw.items():
             task, share = self.loss_tasks[name]
@@ -163,4 +191,6 @@ class WorldModel(nn.Module):
         metrics.update({f"loss/{name}": value.detach() for name, value in raw.items()})
         metrics["world_model/loss"] = total.detach()
         metrics["world_model/post_entropy"] = -(post.probs * post.log_probs).sum((-2, -1)).mean().detach()
-        return total, metrics
+        per_step = sum(self.priority_weights[name] * value.detach().float() for name, value in steps.items())
+        priority = per_step.mean(-1)
+        return total, metrics, priority

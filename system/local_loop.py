@@ -62,7 +62,10 @@ def run_local(config: Config, report: Callable[[dict], None] | None = None, stop
             if learning:
                 due = train.train_ratio * (collector.env_steps - train.prefill) / steps_per_batch + 1
                 while result.updates < due:
-                    metrics = agent.train_step(storage.sample(train.batch_size, train.seq_len, rng))
+                    batch, keys = storage.sample_with_keys(train.batch_size, train.seq_len, rng)
+                    metrics = agent.train_step(batch)
+                    if storage.mode == "priority":  # one small sync: this loop is the plain reference
+                        storage.update_priorities(keys, agent.last_priorities.cpu().numpy())
                     result.updates += 1
                 if episodes:
                     result.metrics = metrics_to_floats(metrics)

@@ -45,12 +45,14 @@ def trained(tmp_path_factory):
 
 
 def test_compiled_updates_match_eager_losses(trained):
-    (_, eager), (compiled_agent, compiled) = trained["off"], trained["on"]
+    (eager_agent, eager), (compiled_agent, compiled) = trained["off"], trained["on"]
     assert compiled_agent.compile_plan.train and compiled_agent.compile_seconds is not None
     for step, (a, b) in enumerate(zip(eager, compiled)):
         assert a.keys() == b.keys()
         for key in ("world_model/loss", "loss/vector", "loss/reward", "loss/continue", "loss/dyn", "actor/loss", "critic/loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), f"update {step}: {key}"
+    # the replay priorities (an extra output of the compiled world-model losses) too
+    torch.testing.assert_close(compiled_agent.last_priorities, eager_agent.last_priorities, rtol=1e-4, atol=1e-6)
 
 
 def test_compiled_updates_match_eager_parameters(trained):
