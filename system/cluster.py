@@ -1,6 +1,7 @@
 """Starting or joining a Ray cluster, and where each role's actors go."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Any
@@ -32,11 +33,37 @@ def start_ray(config: RayConfig) -> None:
         if config.address:
             ray.init(address=config.address, **{k: v for k, v in options.items() if k == "log_to_driver"})
         else:
-            ray.init(address="local", num_cpus=config.num_cpus, **options)  # never join a `ray start` cluster by accident
+            with _metrics_exporters_off():
+                ray.init(address="local", num_cpus=config.num_cpus, **options,  # never join a `ray start` cluster by accident
+                         _system_config={"enable_metrics_collection": False})  # the dashboard agent's exporter
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = config.address or "the embedded cluster"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ClusterError(f"cannot start or reach Ray at {where}: {first}") from None
+
+
+@contextlib.contextmanager
+def _metrics_exporters_off():
+    """Ray's Prometheus exporters answer without the token, on all interfaces unless the node IP is
+    loopback; Ray 2.60 has no setting for their bind address. The embedded cluster needs none of
+    them (runs log their own metrics). `enable_metrics_collection=False` stops the dashboard
+    agent's. The dashboard's and the autoscaler monitor's read their port from these variables when
+    they start (inside `ray.init`): an invalid one makes them log the failed bind and go on without
+    it. Restored afterwards, so that `ray start` or clusters started later by this process keep
+    Ray's defaults."""
+    saved = {name: os.environ.get(name) for name in _EXPORTER_PORT_VARS}
+    os.environ.update(dict.fromkeys(_EXPORTER_PORT_VARS, "-1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_EXPORTER_PORT_VARS = ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")  # ray/dashboard/consts.py, ray/autoscaler/_private/constants.py
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
