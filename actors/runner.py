@@ -8,11 +8,18 @@ gathers chunks for up to `insert_linger` seconds and inserts up to `insert_batch
 limiter call and one call per shard.
 Until the first weights arrive the runner acts uniformly at random, which is the prefill.
 
+A chunk stays with the sender until a shard acknowledged it: an insert that fails or times out (a
+shard restarting, hung, or a node gone for a moment) is sent again with back-off, to its shard or
+another live one (replay/service.py), and the limiter is asked only once per chunk. Meanwhile
+back-pressure holds collection, so memory stays bounded. Only a chunk of a runner that dies is lost,
+and it was never acknowledged.
+
 An environment that crashes or hangs is replaced by the collector; one that keeps failing makes
 `run` raise EnvFailure, and the driver calls `run` again after a back-off (which revives it).
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -30,6 +37,10 @@ from actors.policy import AgentPolicy, RandomPolicy
 from actors.specs import specs_from_spaces
 from learner.agent import Agent
 from learner.config import AgentConfig
+from replay import ChunkInsert
+from replay import chunk_length as steps_of
+
+_MAX_BACKOFF_S = 5.0
 
 
 class EnvRunner:
@@ -48,6 +59,8 @@ class EnvRunner:
         insert_batch: int = 4,
         insert_linger: float = 0.25,
         poll_interval: float = 0.1,
+        retry_backoff: float = 0.1,
+        call_timeout: float = 10.0,
     ):
         torch.set_num_threads(1)
         torch.manual_seed(seed + 7919 * index)
@@ -67,6 +80,7 @@ class EnvRunner:
         self.replay, self.board = replay, board
         self.insert_batch, self.insert_linger = insert_batch, insert_linger
         self.poll_interval = poll_interval
+        self.retry_backoff, self.call_timeout = retry_backoff, call_timeout
         self.version = 0  # 0: no weights yet, act randomly
         self._pending_poll: ray.ObjectRef | None = None
         self._next_poll = 0.0
@@ -76,7 +90,9 @@ class EnvRunner:
         self._lock = threading.Lock()
         self._episodes: deque[Episode] = deque(maxlen=1000)
         self._inserted_ids: list[str] = []
-        self._insert_error: str | None = None
+        self._insert_error: str | None = None  # a chunk the replay refuses as invalid: a bug, not a fault
+        self._insert_retries = 0  # chunks sent again after an attempt without acknowledgement
+        self._insert_failures = 0  # attempts (grant or store) that failed or timed out
         self._stop = threading.Event()
         self._steps_at_last_stats, self._time_at_last_stats = 0, time.perf_counter()
         self._sender = threading.Thread(target=self._send_chunks, daemon=True)
@@ -124,6 +140,9 @@ class EnvRunner:
             "weight_version": self.version,
             "chunks_inserted": inserted,
             "queued_chunks": self._unsent,
+            "insert_retries": self._insert_retries,
+            "insert_failures": self._insert_failures,
+            "rerouted_chunks": self.replay.rerouted_chunks,
             "env_restarts": self.collector.env_restarts,
             "env_timeouts": self.collector.env_timeouts,
             "dropped_episodes": self.collector.dropped_episodes,
@@ -133,6 +152,10 @@ class EnvRunner:
     def where(self) -> str:
         """The Ray node this actor runs on (for the driver's placement report)."""
         return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        """This incarnation's process id (for fault injection: bench/chaos.py)."""
+        return os.getpid()
 
     def inserted_ids(self) -> list[str]:
         with self._lock:
@@ -161,12 +184,15 @@ class EnvRunner:
         ready, _ = ray.wait([self._pending_poll], timeout=0)
         if not ready:
             return
-        published = ray.get(self._pending_poll)
-        self._pending_poll = None
-        if published is not None:
-            version, (ref,) = published
-            self.agent.load_policy_weights(ray.get(ref))
-            self.version = version
+        poll, self._pending_poll = self._pending_poll, None
+        try:
+            published = ray.get(poll, timeout=self.call_timeout)
+            if published is not None:
+                version, (ref,) = published
+                self.agent.load_policy_weights(ray.get(ref, timeout=self.call_timeout))
+                self.version = version
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return  # the board restarting or weights gone with a learner: keep acting, poll again
 
     def _send_chunks(self) -> None:
         ending = False
@@ -175,15 +201,48 @@ class EnvRunner:
             if not batch:
                 continue
             try:
-                acks = self.replay.insert_many([(c.data, c.stream, c.chunk_id, c.weight_version) for c in batch])
-            except Exception as error:  # surfaced by run() in the actor's main thread
+                self._deliver([ChunkInsert(c.data, c.stream, c.chunk_id, c.weight_version) for c in batch])
+            except Exception as error:  # a chunk the shards refuse (a bug): surfaced by run()
                 self._insert_error = repr(error)
                 return
-            with self._lock:
-                self._inserted_ids += [ack.chunk_id for ack in acks if ack is not None]
-                self._unsent -= len(batch)
-            for _ in batch:
-                self._unacked.release()
+
+    def _deliver(self, inserts: list[ChunkInsert]) -> None:
+        """Keep the chunks until each is acknowledged: one limiter grant per chunk, then stores
+        with back-off until a shard acknowledges. Returns early only if the limiter closed (the
+        run is ending), for the chunks it did not grant."""
+        sizes = [steps_of(insert.chunk) for insert in inserts]
+        granted, pending, backoff = 0, list[int](), self.retry_backoff
+        while pending or granted < len(inserts):
+            if pending:
+                acks = self.replay.store([inserts[i] for i in pending])
+                self._acknowledged([ack.chunk_id for ack in acks if ack is not None])
+                pending = [i for i, ack in zip(pending, acks) if ack is None]
+                failed = bool(pending)
+                self._insert_retries += len(pending)
+            else:
+                try:
+                    n = self.replay.grant_inserts(sizes[granted:])
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    n, failed = -1, True
+                else:
+                    if n == 0:  # closed: these were never acknowledged, and never will be
+                        self._acknowledged([], dropped=len(inserts) - granted)
+                        return
+                    pending, granted, failed = list(range(granted, granted + n)), granted + n, False
+            if failed:
+                self._insert_failures += 1
+                time.sleep(backoff)
+                backoff = min(2 * backoff, _MAX_BACKOFF_S)
+            else:
+                backoff = self.retry_backoff
+
+    def _acknowledged(self, chunk_ids: list[str], dropped: int = 0) -> None:
+        """Record acknowledged (or, at shutdown, refused) chunks and free their places in the queue."""
+        with self._lock:
+            self._inserted_ids += chunk_ids
+            self._unsent -= len(chunk_ids) + dropped
+        for _ in range(len(chunk_ids) + dropped):
+            self._unacked.release()
 
     def _next_batch(self) -> tuple[list[Chunk], bool]:
         """Up to insert_batch chunks: the next one, and those that arrive within insert_linger

@@ -8,9 +8,12 @@ proportion to the sequence starts each holds (systematic sampling: every shard g
 ceiling of its share), fetched in parallel and concatenated; with ``mode='uniform'`` this is exactly
 uniform over all starts of all shards. Recency and priority weights apply within each shard.
 
-Availability: a shard that fails or times out is skipped (with growing back-off) and its rows are
-drawn from the other shards; an insert whose shard is down is retried with back-off until the
-restarted shard, having reloaded its files, acknowledges it.
+Availability: every call to a shard waits at most ``call_timeout_s``. A shard that fails or times out
+leaves the rotation (replay/health.py) until a probe answers: its rows of a batch are drawn from the
+other shards, and chunks of its streams go to another live shard meanwhile, each run of a stream's
+chunks on one shard stored as its own segment (``stream#n``), so no stored sequence skips over steps.
+A chunk whose insert timed out may thus be stored twice (the hung shard finishes it later): replay
+is at-least-once, never lossy, for acknowledged chunks.
 """
 from __future__ import annotations
 
@@ -27,16 +30,21 @@ from typing import Any
 import numpy as np
 import ray
 
+from replay.health import MAX_BACKOFF_S, ShardHealth
 from replay.shard import ChunkInsert, InsertAck, ShardSample, make_shard_actor
 from replay.storage import WEIGHT_VERSION, Batch, Chunk, chunk_length
 
 _SHARD_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
 _KEY_SHARD_SHIFT = 48  # service-level priority keys carry the shard index above a shard's own step key
-_MAX_BACKOFF_S = 5.0
+_GRANT_POLL_S = 1.0  # a runner's wait for the limiter, in bounded calls
 _NO_DATA_WAIT_S = 0.05
 _POLL_S = 0.1  # how often blocked Sampler calls look at the stop flag
 _END = object()  # queued by the Sampler's thread when it stops
 _SUMMED_STATS = ("size", "capacity", "num_chunks", "nbytes", "inserted_steps", "sampled_steps")
+
+
+class ReplayUnavailable(RuntimeError):
+    """No shard acknowledged a chunk within the service's retry deadline."""
 
 
 @dataclass
@@ -58,22 +66,25 @@ class ReplayService:
         limiter: ray.actor.ActorHandle | None = None,
         *,
         seed: int | None = None,
-        shard_timeout_s: float = 10.0,
+        call_timeout_s: float = 10.0,
         insert_retry_s: float = 300.0,
         retry_backoff_s: float = 0.05,
     ) -> None:
         if not shards:
             raise ValueError("need at least one shard")
+        if call_timeout_s <= 0:
+            raise ValueError(f"call_timeout_s must be > 0, got {call_timeout_s}")
         self._shards = list(shards)
         self._limiter = limiter
         self._rng = np.random.default_rng(seed)
-        self._shard_timeout_s = shard_timeout_s
+        self._call_timeout_s = call_timeout_s
         self._insert_retry_s = insert_retry_s
         self._retry_backoff_s = retry_backoff_s
         self._sequences = np.zeros(len(self._shards), np.int64)  # last reported starts per shard...
         self._sequences_len = 0  # ...for sequences of this length
-        self._down_until = np.zeros(len(self._shards))  # time.monotonic() before which a shard is skipped
-        self._down_for = np.full(len(self._shards), retry_backoff_s)
+        self._health = ShardHealth(self._shards, retry_backoff_s)
+        self._segments: dict[str, tuple[int, int]] = {}  # stream -> (shard of its last chunk, segment)
+        self.rerouted_chunks = 0  # chunks stored away from their stream's shard
 
     @classmethod
     def create(
@@ -142,54 +153,93 @@ class ReplayService:
     def insert_many(self, items: Sequence[tuple[Chunk, str, str, int]]) -> list[InsertAck | None]:
         """Insert (chunk, stream, chunk_id, weight_version) items with one limiter call and one call
         per shard they go to, where each alone would take two calls; returns once every granted
-        chunk is durable on its shard.
+        chunk is durable.
 
         The limiter grants a prefix of the chunks at a time (each judged as its own insert); the
         rest wait for the next grant. Chunks still waiting when the limiter closes get None.
-        Raises if a shard stays unreachable for insert_retry_s.
+        Unacknowledged chunks are stored again with back-off; ReplayUnavailable if some chunk is
+        still not acknowledged after insert_retry_s.
         """
         inserts = [ChunkInsert._make(item) for item in items]
         acks: list[InsertAck | None] = [None] * len(inserts)
         done = 0
         while done < len(inserts):
-            granted = len(inserts) - done
-            if self._limiter is not None:
-                sizes = [chunk_length(insert.chunk) for insert in inserts[done:]]
-                granted = ray.get(self._limiter.acquire_inserts.remote(sizes))
-                if granted == 0:
-                    break
-            by_shard: dict[int, list[int]] = {}
-            for i in range(done, done + granted):
-                by_shard.setdefault(self.shard_for(inserts[i].stream), []).append(i)
-            for i, ack in self._insert_on_shards(inserts, by_shard):
-                acks[i] = ack
+            granted = self.grant_inserts([chunk_length(insert.chunk) for insert in inserts[done:]])
+            if granted == 0:
+                break
+            todo = list(range(done, done + granted))
+            deadline, backoff = time.monotonic() + self._insert_retry_s, self._retry_backoff_s
+            while todo:
+                for i, ack in zip(todo, self.store([inserts[i] for i in todo])):
+                    acks[i] = ack
+                todo = [i for i in todo if acks[i] is None]
+                if todo and time.monotonic() + backoff > deadline:
+                    raise ReplayUnavailable(f"{len(todo)} chunks not acknowledged by any replay shard within {self._insert_retry_s:g} s")
+                if todo:
+                    time.sleep(backoff)
+                    backoff = min(2 * backoff, MAX_BACKOFF_S)
             done += granted
         return acks
 
-    def _insert_on_shards(self, inserts: Sequence[ChunkInsert], by_shard: dict[int, list[int]]) -> list[tuple[int, InsertAck]]:
-        """One insert_many call per shard, all in flight at once; a shard that is down is retried
-        with back-off (inserts are idempotent by chunk id) until it acknowledges or the deadline."""
+    def grant_inserts(self, sizes: Sequence[int]) -> int:
+        """Wait until the limiter lets the first of these chunks (sizes in env steps) in; returns how
+        many of them, a prefix, it granted and counted (0 once it is closed). The wait is a series of
+        bounded calls, so a limiter that stops answering raises GetTimeoutError instead of hanging."""
+        if self._limiter is None:
+            return len(sizes)
+        while True:
+            ref = self._limiter.acquire_inserts.remote(list(sizes), _GRANT_POLL_S)
+            granted = ray.get(ref, timeout=_GRANT_POLL_S + self._call_timeout_s)
+            if granted or ray.get(self._limiter.is_closed.remote(), timeout=self._call_timeout_s):
+                return granted
 
-        def submit(shard: int) -> ray.ObjectRef:
+    def store(self, inserts: Sequence[ChunkInsert]) -> list[InsertAck | None]:
+        """One attempt to make granted chunks durable (the limiter is not asked again): one call per
+        shard, all in flight at once, each waited for at most call_timeout_s. A chunk goes to its
+        stream's shard, or, while that one is out of rotation, to another live shard; chunks of a
+        shard that fails or times out get one more try on another live shard. Returns an ack per
+        chunk, None where none came: store those again (inserts are idempotent by chunk id)."""
+        acks: list[InsertAck | None] = [None] * len(inserts)
+        todo, tried = list(range(len(inserts))), set[int]()
+        while todo:
+            live = [s for s in self._health.live() if s not in tried] or [s for s in range(len(self._shards)) if s not in tried]
+            if not live:
+                break
+            by_shard: dict[int, list[int]] = {}
+            for i in todo:
+                by_shard.setdefault(self._target(inserts[i].stream, live), []).append(i)
             # passed by value: Ray inlines small chunks in the call instead of a store round trip
-            return self._shards[shard].insert_many.remote([inserts[i] for i in by_shard[shard]])
-
-        refs = {shard: submit(shard) for shard in by_shard}
-        deadline = time.monotonic() + self._insert_retry_s
-        backoff = self._retry_backoff_s
-        out: list[tuple[int, InsertAck]] = []
-        for shard, ref in refs.items():
-            while True:
+            refs = {shard: self._shards[shard].insert_many.remote([self._routed(inserts[i], shard) for i in rows]) for shard, rows in by_shard.items()}
+            deadline = time.monotonic() + self._call_timeout_s
+            for shard, ref in refs.items():
                 try:
-                    out += zip(by_shard[shard], ray.get(ref))
-                    break
-                except ray.exceptions.RayActorError:
-                    if time.monotonic() + backoff > deadline:
-                        raise
-                    time.sleep(backoff)
-                    backoff = min(2 * backoff, _MAX_BACKOFF_S)
-                    ref = submit(shard)
-        return out
+                    answer = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
+                except _SHARD_ERRORS:
+                    self._health.mark_down(shard)
+                    continue
+                for i, ack in zip(by_shard[shard], answer):
+                    acks[i] = ack
+            tried.update(refs)
+            todo = [i for i in todo if acks[i] is None]
+            if len(tried) >= 2:  # the home shard and one other: the caller backs off before more
+                break
+        return acks
+
+    def _target(self, stream: str, live: list[int]) -> int:
+        """The stream's own shard if live, else the next live shard after it."""
+        home = self.shard_for(stream)
+        return min(live, key=lambda s: (s - home) % len(self._shards))
+
+    def _routed(self, insert: ChunkInsert, shard: int) -> ChunkInsert:
+        """The insert as stored on `shard`: a stream that changes shards starts a new segment there."""
+        home = self.shard_for(insert.stream)
+        last, segment = self._segments.get(insert.stream, (home, 0))
+        if shard != last:
+            segment += 1
+            self._segments[insert.stream] = (shard, segment)
+        if shard != home:
+            self.rerouted_chunks += 1
+        return insert if segment == 0 else insert._replace(stream=f"{insert.stream}#{segment}")
 
     def sample(self, batch_size: int, seq_len: int) -> Batch | None:
         """Wait for the limiter, then a stratified [B, T] batch; None if the limiter is closed or no
@@ -218,7 +268,7 @@ class ReplayService:
         ]
         for ref in refs:
             try:
-                ray.get(ref, timeout=self._shard_timeout_s)
+                ray.get(ref, timeout=self._call_timeout_s)
             except _SHARD_ERRORS:
                 continue
 
@@ -228,14 +278,14 @@ class ReplayService:
         per_shard = []
         for i, ref in enumerate(refs):
             try:
-                per_shard.append(ray.get(ref, timeout=self._shard_timeout_s))
+                per_shard.append(ray.get(ref, timeout=self._call_timeout_s))
             except _SHARD_ERRORS as error:
                 per_shard.append({"shard": i, "error": repr(error)})
         up = [s for s in per_shard if "error" not in s]
         stats: dict[str, Any] = {key: sum(s[key] for s in up) for key in _SUMMED_STATS}
         stats.update(num_shards=len(self._shards), shards_up=len(up), shards=per_shard)
         if self._limiter is not None:
-            state, ratio = ray.get([self._limiter.state.remote(), self._limiter.ratio.remote()])
+            state, ratio = ray.get([self._limiter.state.remote(), self._limiter.ratio.remote()], timeout=self._call_timeout_s)
             stats.update(limiter=state, replay_ratio=ratio)
         else:
             stats["replay_ratio"] = stats["sampled_steps"] / max(stats["inserted_steps"], 1)
@@ -243,12 +293,12 @@ class ReplayService:
 
     def ids(self) -> list[str]:
         """Chunk ids stored on all shards (raises if a shard is unreachable)."""
-        return [i for ids in ray.get([s.ids.remote() for s in self._shards]) for i in ids]
+        return [i for ids in ray.get([s.ids.remote() for s in self._shards], timeout=self._call_timeout_s) for i in ids]
 
     def close(self) -> None:
         """Release everyone waiting on the limiter; later inserts and samples return None."""
         if self._limiter is not None:
-            ray.get(self._limiter.close.remote())
+            ray.get(self._limiter.close.remote(), timeout=self._call_timeout_s)
 
     def _sample(
         self, batch_size: int, seq_len: int, with_keys: bool
@@ -264,9 +314,7 @@ class ReplayService:
         """Split the batch over live shards by their last reported sequence counts and send the calls.
 
         Every live shard gets a call, even for zero rows, so its count stays fresh."""
-        live = np.flatnonzero(self._down_until <= time.monotonic())
-        if live.size == 0:
-            live = np.arange(len(self._shards))
+        live = np.array(self._health.live() or range(len(self._shards)))
         if seq_len != self._sequences_len or self._sequences[live].sum() == 0:
             self._refresh_sequences(live, seq_len)
         counts = _split(batch_size, self._sequences[live], self._rng)
@@ -282,9 +330,9 @@ class ReplayService:
         self._sequences_len = seq_len
         for i, ref in refs:
             try:
-                self._sequences[i] = ray.get(ref, timeout=self._shard_timeout_s)
+                self._sequences[i] = ray.get(ref, timeout=self._call_timeout_s)
             except _SHARD_ERRORS:
-                self._mark_down(i)
+                self._health.mark_down(i)
 
     def _collect(self, request: _Request) -> tuple[Batch, np.ndarray | None] | None:
         """Gather a request's parts; rows of failed shards are re-drawn from shards that answered."""
@@ -293,7 +341,7 @@ class ReplayService:
         failed: set[int] = set()
         parts = request.parts
         while True:
-            deadline = time.monotonic() + self._shard_timeout_s
+            deadline = time.monotonic() + self._call_timeout_s
             for i, ref in parts:
                 part = self._result(i, ref, deadline)
                 if part is None:
@@ -319,14 +367,9 @@ class ReplayService:
         try:
             part = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
         except _SHARD_ERRORS:
-            self._mark_down(shard)
+            self._health.mark_down(shard)
             return None
-        self._down_for[shard] = self._retry_backoff_s
         return part
-
-    def _mark_down(self, shard: int) -> None:
-        self._down_until[shard] = time.monotonic() + self._down_for[shard]
-        self._down_for[shard] = min(2 * self._down_for[shard], _MAX_BACKOFF_S)
 
 
 class Sampler:

@@ -18,10 +18,12 @@ from test_runtime import tiny_config
 
 from actors.collector import Collector, EnvFailure
 from actors.envs import make_env
+from actors.runner import EnvRunner
 from learner.agent import metrics_to_floats
 from learner.broadcast import make_weight_board
 from learner.config import AgentConfig, ModelConfig
 from learner.learner_actor import Learner, NonFiniteError
+from replay import ReplayService
 from system.driver import Run, make_logdir
 from system.metrics import read_metrics
 from system.supervisor import RunnersFailed
@@ -194,6 +196,34 @@ def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path)
     rows = [r for r in read_metrics(logdir) if "runner/failures" in r]
     assert rows[-1]["runner/failures"] == 2 and rows[-1]["runner/given_up"] == 0
     assert rows[-1]["runner/min_weight_version"] > 0, "both runners came back and act with published weights"
+
+
+def test_runner_keeps_unacknowledged_chunks_through_a_replay_outage(ray_local, tmp_path):
+    """The only shard stops answering for a few seconds: the runner's inserts time out and are
+    retried with back-off (collection waits under back-pressure, the runner never fails), then
+    every chunk is acknowledged once the shard answers again, and the retries are counted."""
+    replay = ReplayService.create(1, str(tmp_path), 100_000, call_timeout_s=0.5)
+    runner = ray_local.remote(EnvRunner).options(num_cpus=0, max_concurrency=4).remote(
+        0, "gym:CartPole-v1", {}, 1, 16, 0, AgentConfig(model=ModelConfig(size="debug")), replay,
+        make_weight_board(), insert_batch=2, insert_linger=0.0, retry_backoff=0.1, call_timeout=0.5)
+    shard = replay.shards[0]
+    pid = ray_local.get(shard.stats.remote(), timeout=30)["pid"]
+    assert ray_local.get(runner.run.remote(200), timeout=60) >= 200
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        collecting = runner.run.remote(600)
+        time.sleep(3.0)
+        stalled = ray_local.get(runner.stats.remote(), timeout=10)
+        assert stalled["insert_failures"] >= 2 and stalled["insert_retries"] >= 2
+        assert stalled["queued_chunks"] == 3, "back-pressure: insert_batch + 1 chunks wait, no more"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ray_local.get(collecting, timeout=60) >= 600, "the outage did not end the runner's run"
+    assert ray_local.get(runner.flush.remote(), timeout=60) == 0, "every chunk was acknowledged"
+    acknowledged = ray_local.get(runner.inserted_ids.remote(), timeout=10)
+    assert len(acknowledged) >= 600 // 16 and sorted(acknowledged) == sorted(replay.ids()), "each once, none lost"
+    ray_local.kill(runner)
+    ray_local.kill(shard)
 
 
 def test_crash_looping_runner_is_backed_off_then_given_up_while_others_go_on(ray_local, tmp_path, capfd):

@@ -1,7 +1,9 @@
 """ReplayService on real Ray: sticky placement, stratified sampling, prefetch, restarts, pacing."""
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import threading
 import time
 
@@ -106,7 +108,7 @@ def test_killed_shard_restarts_with_every_acknowledged_chunk(ray_local, tmp_path
 
 
 def test_service_keeps_sampling_and_inserting_through_a_shard_restart(ray_local, tmp_path):
-    service = ReplayService.create(2, tmp_path, capacity=4000, seed=2, shard_timeout_s=2.0)
+    service = ReplayService.create(2, tmp_path, capacity=4000, seed=2, call_timeout_s=2.0)
     runner = Runner(service, num_streams=4)
     runner.insert(rounds=3)
     victim = service.shards[0]
@@ -118,6 +120,42 @@ def test_service_keeps_sampling_and_inserting_through_a_shard_restart(ray_local,
     wait_for_restart(ray_local, victim, old_pid)
     assert sorted(service.ids()) == sorted(runner.acked) and len(runner.acked) == 24
     assert service.stats()["shards_up"] == 2
+
+
+def test_hung_shard_is_routed_around_then_rejoins(ray_local, tmp_path):
+    """A shard that stops answering (SIGSTOP, like a process stuck on a dead disk) costs one call
+    timeout: its streams' chunks go to the other shard as new segments, batches come from the live
+    shard, every sampled sequence stays contiguous, and once it answers again it gets its streams
+    back. No acknowledged chunk is lost."""
+    service = ReplayService.create(2, tmp_path, capacity=20_000, seed=6, call_timeout_s=1.0)
+    ray_local.get([shard.size.remote() for shard in service.shards], timeout=60)  # started: a first call may wait for that
+    runner = Runner(service, num_streams=4)
+    runner.insert(rounds=3)
+    on_hung = [s for s in range(4) if service.shard_for(f"runner{s}/env0") == 0]
+    assert on_hung and len(on_hung) < 4, "seed 6 puts streams on both shards"
+    hung = service.shards[0]
+    pid = ray_local.get(hung.stats.remote(), timeout=10)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        runner.insert(rounds=3)
+        assert time.monotonic() - started < 1.0 + 5.0, "one call timeout, not one per chunk"
+        assert service.rerouted_chunks == 3 * len(on_hung)
+        started = time.monotonic()
+        for _ in range(5):
+            check_sequences(service.sample(8, 3 * CHUNK), 3 * CHUNK)
+        assert time.monotonic() - started < 5.0, "the learner samples from the live shard meanwhile"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    ray_local.get(hung.size.remote(), timeout=30)  # awake: the probe has its answer too
+    time.sleep(0.2)
+    before = ray_local.get(hung.ids.remote(), timeout=10)
+    runner.insert(rounds=2)
+    home_again = set(ray_local.get(hung.ids.remote(), timeout=10)) - set(before)
+    assert home_again == {f"s{s}-t{step}" for s in on_hung for step in (6 * CHUNK, 7 * CHUNK)}, "it rejoined"
+    assert set(runner.acked) <= set(service.ids()) and len(runner.acked) == 32
+    for _ in range(10):
+        check_sequences(service.sample(16, 2 * CHUNK), 2 * CHUNK)
 
 
 def test_limiter_paces_a_producer_and_a_prefetching_consumer(ray_local, tmp_path):
