@@ -1,7 +1,9 @@
 """`harmonyray train | resume | eval`: the command line.
 
 Anything the user must fix (config, environment, checkpoint, cluster) ends with one line on
-stderr and exit code 2; nothing is written for a run that could not start.
+stderr and exit code 2; nothing is written for a run that could not start. SIGTERM or SIGINT of
+`train`/`resume` stops the run with a checkpoint, one line that says how to resume, and exit code
+128 + the signal's number (143, 130) within `run.shutdown_timeout` seconds (system/interrupt.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from learner.spaces import ObservationShapeError
 from system.checkpoint import CheckpointError
 from system.cluster import ClusterError
 from system.config import ConfigError, load_config
+from system.interrupt import Interrupted, StopSignals
 from system.supervisor import RunnersFailed
 
 USER_ERRORS = (ConfigError, UnknownEnvError, MissingDependencyError, ObservationShapeError, CheckpointError, ClusterError)
@@ -48,16 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     except RunnersFailed as error:  # the run stopped (with a checkpoint): one line, no traceback
         print(f"harmonyray: run stopped: {error}", file=sys.stderr)
         return 1
+    except Interrupted as stop:  # SIGTERM/SIGINT: checkpoint written, W&B and Ray shut down
+        sys.stderr.flush()
+        stop.report()
+        return stop.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     from system import driver  # Ray and torch load only once the arguments are valid
 
-    if args.command == "train":
-        config = load_config(args.config, args.overrides)
-        summary = driver.train(config, args.logdir, progress=not args.no_progress)
-    elif args.command == "resume":
-        summary = driver.resume(args.logdir, args.overrides, progress=not args.no_progress)
+    if args.command in ("train", "resume"):
+        summary = _run(driver, args)
     else:
         result = driver.evaluate_logdir(Path(args.logdir), args.episodes)
         print(json.dumps(result))
@@ -65,6 +69,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(json.dumps(summary.__dict__))
     print(f"metrics: {Path(summary.logdir) / 'metrics.jsonl'} (W&B files under {Path(summary.logdir) / 'wandb'})", file=sys.stderr)
     return 0
+
+
+def _run(driver, args: argparse.Namespace):
+    """`train` or `resume` with SIGTERM/SIGINT handled (the driver installs the handlers once Ray
+    started), then Ray shut down if it was started here: its GCS, raylet and node agents end with
+    the command instead of outliving it."""
+    import ray
+
+    stop = StopSignals()
+    started_here = not ray.is_initialized()
+    try:
+        if args.command == "train":
+            config = load_config(args.config, args.overrides)
+            return driver.train(config, args.logdir, progress=not args.no_progress, stop=stop)
+        return driver.resume(args.logdir, args.overrides, progress=not args.no_progress, stop=stop)
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
+            if stop.requested:
+                stop.install()  # ray.shutdown() reset SIGTERM to the default action: a second signal still gets its line
+        if not stop.requested:
+            stop.restore()  # an in-process caller's own handlers (after a signal the process is about to exit)
 
 
 if __name__ == "__main__":

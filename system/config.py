@@ -41,6 +41,7 @@ class RunConfig:
     eval_episodes: int = 5
     eval_video: bool = True  # at each evaluation: a greedy episode and open-loop predictions (image envs)
     max_nonfinite_updates: int = 10  # consecutive skipped updates before the run stops
+    shutdown_timeout: float = 60.0  # seconds from SIGTERM/SIGINT to exit: stop, checkpoint, close W&B and Ray
 
 
 @dataclass
@@ -70,6 +71,7 @@ class ReplayConfig:
     num_cpus: float = 0.0
     memory_gb: float = 0.0  # memory Ray reserves per shard (0: none); shards spread over nodes
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per shard
+    call_timeout: float = 5.0  # seconds a replay call may take before its shard counts as hung
 
 
 @dataclass
@@ -187,6 +189,7 @@ def validate(config: Config) -> None:
     config.agent.compile = {"True": "on", "False": "off"}.get(config.agent.compile, config.agent.compile)  # same for on/off
     checks = [
         (config.run.steps > 0, f"run.steps must be positive (got {config.run.steps})"),
+        (config.run.shutdown_timeout > 0, f"run.shutdown_timeout must be > 0 seconds (got {config.run.shutdown_timeout})"),
         (config.train.train_ratio > 0, f"train.train_ratio must be positive (got {config.train.train_ratio})"),
         (config.train.batch_size > 0, f"train.batch_size must be >= 1 (got {config.train.batch_size})"),
         (config.train.seq_len > 1, f"train.seq_len must be >= 2 (got {config.train.seq_len})"),
@@ -204,6 +207,7 @@ def validate(config: Config) -> None:
         (config.runners.chunk_length >= 1, f"runners.chunk_length must be >= 1 (got {config.runners.chunk_length})"),
         (config.runners.insert_batch >= 1, f"runners.insert_batch must be >= 1 (got {config.runners.insert_batch})"),
         (config.runners.insert_linger >= 0, f"runners.insert_linger must be >= 0 (got {config.runners.insert_linger})"),
+        (config.replay.call_timeout > 0, f"replay.call_timeout must be > 0 seconds (got {config.replay.call_timeout})"),
         (config.replay.sampling in ("uniform", "recency", "priority"), f"replay.sampling must be uniform, recency or priority (got {config.replay.sampling!r})"),
         (config.wandb.mode in ("auto", "online", "offline", "disabled"), f"wandb.mode must be auto, online, offline or disabled (got {config.wandb.mode!r})"),
         (config.agent.harmony.mode in ("rectified", "unrectified", "naive", "fixed", "off"), f"agent.harmony.mode must be rectified, unrectified, naive, fixed or off (got {config.agent.harmony.mode!r})"),

@@ -31,13 +31,15 @@ from learner.learner_actor import Learner
 from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
 from replay import ReplayService, make_limiter_actor, min_tolerance
 from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from system.cluster import check_resources, learner_options, on_driver_node, runner_options, shard_placement, start_ray
+from system.cluster import ClusterError, check_resources, learner_options, on_driver_node, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
+from system.interrupt import StopSignals
 from system.metrics import MetricsLogger, best_evaluation
 from system.video import save_videos
 from system.supervisor import RunnerSupervisor
 
 CONFIG_FILE = "config.yaml"
+PLACEMENT_TIMEOUT_S = 600.0  # for an actor to start: an autoscaler may have to add its node first
 
 
 @dataclass
@@ -89,14 +91,17 @@ def start_runner(config: Config, index: int, replay: ReplayService, board: ray.a
         index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
         config.run.seed, config.agent, replay, board, step_timeout=config.runners.step_timeout,
         insert_batch=config.runners.insert_batch, insert_linger=config.runners.insert_linger,
+        call_timeout=config.replay.call_timeout,
     )
 
 
 class Run:
     """One training run (new or resumed) on a started Ray cluster."""
 
-    def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool = True):
+    def __init__(self, config: Config, logdir: Path, resume: bool, progress: bool = True, stop: StopSignals | None = None):
         self.config, self.logdir, self.progress = config, logdir, progress
+        # set by SIGTERM/SIGINT where the CLI installed it: the watch loop stops, the shutdown is bounded
+        self.stop = stop or StopSignals(config.run.shutdown_timeout, logdir)
         self.checkpoint = latest_checkpoint(logdir) if resume else None
         self.obs_spec, self.act_spec = probe_env(config)
         if self.checkpoint and self.checkpoint.get("model") != self._model_signature():
@@ -106,10 +111,14 @@ class Run:
             )
         counters = self.checkpoint["counters"] if self.checkpoint else {}
         self.env_steps_base = int(counters.get("env_steps", 0))
+        self.stop.env_steps = self.env_steps_base
+        if self.checkpoint:
+            self.stop.saved(self.env_steps_base)
         self.episodes_base = int(counters.get("episodes", 0))
         self.runner_steps: dict[int, int] = {}  # per runner, steps of earlier incarnations
         self.last_seen: dict[int, int] = {}  # per runner, steps its current incarnation reported
         self.incarnation: dict[int, str] = {}  # per runner, the id of its current process
+        self._shards_down: set[int] = set()  # replay shards that did not answer the last stats call
         self.logger: MetricsLogger | None = None
         self._evaluator: ray.actor.ActorHandle | None = None
         self._eval_ref: ray.ObjectRef | None = None
@@ -131,16 +140,18 @@ class Run:
 
     def execute(self) -> RunSummary:
         config, train = self.config, self.config.train
+        if self.stop.requested:  # a signal came while the run was being set up: start nothing
+            raise self.stop.interrupted()
         start = time.perf_counter()
         batch_steps = train.batch_size * train.seq_len
         tolerance = max(train.tolerance * batch_steps, min_tolerance(train.train_ratio, config.runners.chunk_length, batch_steps))
         self.limiter = make_limiter_actor(train.train_ratio, train.prefill, tolerance, config.runners.chunk_length, batch_steps, name=None, placement=on_driver_node())
         if self.checkpoint:
-            ray.get(self.limiter.load_state.remote(self.checkpoint["limiter"]))
+            ray.get(self.limiter.load_state.remote(self.checkpoint["limiter"]), timeout=PLACEMENT_TIMEOUT_S)
         self.replay = ReplayService.create(
             config.replay.shards, str(self.logdir / "replay"), config.replay.capacity,
             limiter=self.limiter, mode=config.replay.sampling, seed=config.run.seed,
-            num_cpus=config.replay.num_cpus, placement=shard_placement(config),
+            num_cpus=config.replay.num_cpus, placement=shard_placement(config), call_timeout_s=config.replay.call_timeout,
         )
         self.board = make_weight_board(**on_driver_node())
         self.learner = ray.remote(Learner).options(**learner_options(config)).remote(
@@ -148,6 +159,7 @@ class Run:
             train.batch_size, train.seq_len, train.publish_every, train.prefetch,
             config.learner.threads or int(max(1, config.learner.num_cpus)), config.run.max_nonfinite_updates,
             self.checkpoint["agent"] if self.checkpoint else None,
+            priority=config.replay.sampling == "priority",
         )
         self.runners = [self._make_runner(i) for i in range(config.runners.count)]
         self._report_placement()
@@ -161,8 +173,10 @@ class Run:
         finally:
             stopped = self._shutdown(runner_refs, learner_ref)
         env_steps, updates, ratio = stopped or (env_steps, updates, ratio)
-        eval_return = self._evaluate(env_steps)
+        eval_return = self._evaluate(env_steps)  # none after a signal
         self.logger.close()
+        if self.stop.requested:  # the orderly shutdown is over: the CLI says where to resume and exits
+            raise self.stop.interrupted()
         best_return, best_step = best_evaluation(self.logdir) or (None, None)
         return RunSummary(str(self.logdir), env_steps, updates, ratio, eval_return, time.perf_counter() - start, best_return, best_step)
 
@@ -185,9 +199,13 @@ class Run:
         return start_runner(self.config, index, self.replay, self.board)
 
     def _report_placement(self) -> None:
-        learner_node = ray.get(self.learner.where.remote())
+        try:
+            learner_node = ray.get(self.learner.where.remote(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(f"the learner did not start within {PLACEMENT_TIMEOUT_S:g} s: the cluster has no node with "
+                               "what learner.num_gpus, learner.num_cpus and learner.resources ask for") from None
         runner_nodes = [_node_or_error(r) for r in self.runners]  # one that cannot start is reported, not fatal
-        device = ray.get(self.learner.device.remote())
+        device = ray.get(self.learner.device.remote(), timeout=PLACEMENT_TIMEOUT_S)
         shard_nodes = [s.get("node_id", "?") for s in self.replay.stats()["shards"]]
         lines = [f"learner on node {learner_node[:8]} ({device})"]
         lines += [f"runner {i} on node {node[:8]}" for i, node in enumerate(runner_nodes)]
@@ -204,7 +222,7 @@ class Run:
         next_eval = self.env_steps_base + config.run.eval_every if config.run.eval_every else None
         env_steps, updates, ratio = self.env_steps_base, 0, 0.0
         shown = {"ret": "-", "eval": "-"}  # the latest of each, kept between log steps without episodes
-        while True:
+        while not self.stop.requested:  # SIGTERM/SIGINT: stop collecting within a tick
             time.sleep(min(1.0, config.run.log_every))
             self._check_actors(learner_ref, runner_refs)
             now = time.perf_counter()
@@ -213,6 +231,7 @@ class Run:
             next_log = now + config.run.log_every
             row, env_steps, updates, ratio = self._collect_metrics()
             self.logger.log(env_steps, row)
+            self.stop.env_steps = env_steps
             bar.update(env_steps - bar.n)
             if "episode/return" in row:
                 shown["ret"] = f"{row['episode/return']:.1f}"
@@ -238,6 +257,7 @@ class Run:
         except ray.exceptions.GetTimeoutError:
             learner_stats = {}  # busy beyond a minute: report the runners and replay anyway
         replay_stats = self.replay.stats()
+        self._report_shard_outages(replay_stats["shards"])
         for s in runner_stats:
             index = s["runner"]
             if self.incarnation.get(index, s["incarnation"]) != s["incarnation"]:  # restarted: counts from zero
@@ -256,6 +276,7 @@ class Run:
             "runner/env_restarts": sum(s["env_restarts"] for s in runner_stats),
             "runner/dropped_episodes": sum(s["dropped_episodes"] for s in runner_stats),
             "runner/env_timeouts": sum(s.get("env_timeouts", 0) for s in runner_stats),
+            **{f"runner/{key}": sum(s[key] for s in runner_stats) for key in ("insert_retries", "insert_failures", "rerouted_chunks")},
             **self.supervisor.metrics(),
             "runner/min_weight_version": min(versions),
             "runner/max_weight_version": max(versions),
@@ -267,6 +288,16 @@ class Run:
             "episodes": self.episodes_base,
         }
         return row, env_steps, int(learner_stats.get("learner/updates", 0)), ratio
+
+    def _report_shard_outages(self, shards: list[dict[str, Any]]) -> None:
+        """One line when a replay shard stops answering, one when it is back (not one per tick)."""
+        down = {s["shard"] for s in shards if "error" in s}
+        for shard in sorted(down - self._shards_down):
+            print(f"replay shard {shard} does not answer within {self.config.replay.call_timeout:g} s (hung, or restarting): "
+                  "its streams go to the other shards, batches come from them", file=sys.stderr, flush=True)
+        for shard in sorted(self._shards_down - down):
+            print(f"replay shard {shard} answers again", file=sys.stderr, flush=True)
+        self._shards_down = down
 
     def _runner_stats(self) -> list[dict[str, Any]]:
         """Stats of the runners that answer; one that is being restarted is skipped this round."""
@@ -290,33 +321,60 @@ class Run:
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, runner_refs: dict[int, ray.ObjectRef], learner_ref: ray.ObjectRef) -> tuple[int, int, float] | None:
-        """Stop runners (they flush their queued chunks), release the learner, final checkpoint."""
+        """Stop runners (they flush their queued chunks), release the learner, final checkpoint.
+
+        After SIGTERM/SIGINT each wait gets a share of the time left (`_wait_s`), so that the
+        checkpoint is still written within `run.shutdown_timeout`; a step that fails or runs out
+        of time then is passed over, and a checkpoint that cannot be written is reported, not raised."""
         learner_failed = bool(ray.wait([learner_ref], timeout=0)[0])
         if learner_failed:  # nobody samples any more: release runners waiting on the limiter
-            ray.get(self.limiter.close.remote())
+            self._close_limiter(0.1)
         runners = self.supervisor.alive()
-        _answers([r.stop.remote() for r in runners], timeout=60)
-        _answers(list(runner_refs.values()), timeout=60)  # their `run` calls return once stopped
-        _answers([r.flush.remote() for r in runners], timeout=120)  # the learner still samples meanwhile
-        ray.get(self.limiter.close.remote())
+        _answers([r.stop.remote() for r in runners], timeout=self._wait_s(60, 0.15))
+        _answers(list(runner_refs.values()), timeout=self._wait_s(60, 0.2))  # their `run` calls return once stopped
+        _answers([r.flush.remote() for r in runners], timeout=self._wait_s(120, 0.35))  # the learner still samples meanwhile
+        self._close_limiter(0.1)
         self.learner.stop.remote()
         try:
-            ray.get(learner_ref, timeout=120)
+            ray.get(learner_ref, timeout=self._wait_s(120, 0.4))
         except Exception as error:  # reported, but the checkpoint below still saves what is there
             print(f"learner: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
-        row, env_steps, updates, ratio = self._collect_metrics()
-        self.logger.log(env_steps, row)
-        self._save_checkpoint(env_steps)
+        try:
+            row, env_steps, updates, ratio = self._collect_metrics()
+            self.logger.log(env_steps, row)
+            self.stop.env_steps = env_steps
+            self._save_checkpoint(env_steps, timeout=self._wait_s(None, 1.0))
+        except Exception as error:
+            if not self.stop.requested:
+                raise
+            self.stop.save_error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}".rstrip(": ")
+            return None
         return env_steps, updates, ratio
 
-    def _save_checkpoint(self, env_steps: int) -> None:
+    def _wait_s(self, default: float | None, share: float) -> float | None:
+        """A shutdown wait: `default` seconds (None: no limit), or after a signal at most `share` of
+        the time left for the orderly shutdown."""
+        left = self.stop.remaining(share)
+        if left is None:
+            return default
+        return left if default is None else min(default, left)
+
+    def _close_limiter(self, share: float) -> None:
+        close = self.limiter.close.remote()
+        if self.stop.requested:
+            _answers([close], timeout=self._wait_s(None, share))
+        else:
+            ray.get(close)
+
+    def _save_checkpoint(self, env_steps: int, timeout: float | None = None) -> None:
         state = {
-            "agent": ray.get(self.learner.checkpoint_state.remote()),
-            "limiter": ray.get(self.limiter.state.remote()),
+            "agent": ray.get(self.learner.checkpoint_state.remote(), timeout=timeout),
+            "limiter": ray.get(self.limiter.state.remote(), timeout=timeout),
             "counters": {"env_steps": env_steps, "episodes": self.episodes_base},
             "model": self._model_signature(),
         }
         save_checkpoint(self.logdir, env_steps, state, self.config.run.keep_checkpoints)
+        self.stop.saved(env_steps)
 
     def _start_evaluation(self, env_steps: int) -> None:
         """Greedy episodes on the evaluator actor, with the current weights, while training goes on."""
@@ -344,12 +402,24 @@ class Run:
         return result
 
     def _evaluate(self, env_steps: int) -> float | None:
-        """The final evaluation, after training stopped."""
-        if self.config.run.eval_episodes <= 0:
+        """The final evaluation, after training stopped; none after SIGTERM/SIGINT, which also ends
+        one in progress."""
+        if self.config.run.eval_episodes <= 0 or self.stop.requested:
+            return None
+        if not self._await_evaluation():
             return None
         self._log_finished_evaluation(wait=True)
         self._start_evaluation(env_steps)
+        if not self._await_evaluation():
+            return None
         return self._log_finished_evaluation(wait=True)["return"]
+
+    def _await_evaluation(self) -> bool:
+        """Wait for the evaluation in flight (if any); False when a signal asked the run to stop."""
+        while self._eval_ref is not None and not ray.wait([self._eval_ref], timeout=0.5)[0]:
+            if self.stop.requested:
+                return False
+        return not self.stop.requested
 
 
 def _node_or_error(runner: ray.actor.ActorHandle) -> str:
@@ -373,22 +443,33 @@ def _answers(refs: list[ray.ObjectRef], timeout: float) -> list[Any]:
     return out
 
 
-def train(config: Config, logdir: str | None = None, progress: bool = True) -> RunSummary:
+def train(config: Config, logdir: str | None = None, progress: bool = True, stop: StopSignals | None = None) -> RunSummary:
+    """A new run. With `stop` (the CLI's), SIGTERM/SIGINT end it with a checkpoint: `Interrupted`."""
     probe_env(config)  # a bad environment fails here, before the logdir exists
     start_ray(config.ray)  # and so do an unreachable cluster and a GPU it does not have
     check_resources(config)
     path = make_logdir(config, logdir)
-    return Run(config, path, resume=False, progress=progress).execute_and_release()
+    _handle_signals(stop, config, path)
+    return Run(config, path, resume=False, progress=progress, stop=stop).execute_and_release()
 
 
-def resume(logdir: str, overrides: list[str] | None = None, progress: bool = True) -> RunSummary:
+def resume(logdir: str, overrides: list[str] | None = None, progress: bool = True, stop: StopSignals | None = None) -> RunSummary:
     path = Path(logdir)
     config = load_run_config(path)
     if overrides:
         config = apply_overrides(config, overrides)
     start_ray(config.ray)
     check_resources(config)
-    return Run(config, path, resume=True, progress=progress).execute_and_release()
+    _handle_signals(stop, config, path)
+    return Run(config, path, resume=True, progress=progress, stop=stop).execute_and_release()
+
+
+def _handle_signals(stop: StopSignals | None, config: Config, logdir: Path) -> None:
+    """From here on SIGTERM/SIGINT stop the run in order. Only now: `ray.init` and Ray's core worker
+    install SIGTERM handlers of their own, which these replace (system/interrupt.py says why)."""
+    if stop is not None:
+        stop.timeout, stop.logdir = config.run.shutdown_timeout, logdir
+        stop.install()
 
 
 def evaluate_logdir(logdir: Path, episodes: int | None = None) -> dict[str, float]:
