@@ -69,9 +69,9 @@ def collection_rate(actors: list, replay: ReplayService, limiter, warmup: float,
 
 def drain(actors: list, replay: ReplayService, limiter) -> int:
     """Flush the runners' queued chunks, close the limiter; returns the steps the replay holds."""
-    ray.get([a.flush.remote() for a in actors])
+    ray.get([a.flush.remote() for a in actors], timeout=600)
     stored = replay.stats()["size"]
-    ray.get(limiter.close.remote())
+    ray.get(limiter.close.remote(), timeout=600)
     return stored
 
 
@@ -79,14 +79,14 @@ def runner_rate(actors: list, warmup: float, seconds: float) -> float:
     """Start the runners' collection, count their env steps over `seconds` after `warmup`, stop them."""
     refs = [a.run.remote() for a in actors]
     time.sleep(warmup)
-    before = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
+    before = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors], timeout=600))
     start = time.perf_counter()
     time.sleep(seconds)
-    after = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors]))
+    after = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors], timeout=600))
     rate = (after - before) / (time.perf_counter() - start)
-    ray.get([a.stop.remote() for a in actors])
-    ray.get(refs)
-    ray.get([a.resume.remote() for a in actors])
+    ray.get([a.stop.remote() for a in actors], timeout=600)
+    ray.get(refs, timeout=600)
+    ray.get([a.resume.remote() for a in actors], timeout=600)
     return rate
 
 
@@ -101,7 +101,7 @@ def compare(config, runners: int, shards: int, rounds: int, seconds: float) -> d
         board = make_weight_board()
         weights = Agent(raw.policy.agent.obs_spec, raw.policy.agent.act_spec, config.agent, device="cpu").policy_weights()
         weights["version"] = 1  # runners act with the policy, not randomly
-        ray.get(board.publish.remote(1, [ray.put(weights)]))
+        ray.get(board.publish.remote(1, [ray.put(weights)]), timeout=600)
         actors = [start_runner(config, i, replay, board, num_cpus=0) for i in range(runners)]
         raw_rates, system_rates = [], []
         for i in range(rounds):

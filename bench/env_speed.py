@@ -86,19 +86,19 @@ def in_runner_speed(name: str, seconds: float, policy: str, chunk_length: int = 
             env = make_env(name, seed=0)
             agent = Agent(*specs_from_spaces(env.observation_space, env.action_space), config, device="cpu")
             env.close()
-            ray.get(board.publish.remote(1, [ray.put(agent.policy_weights())]))
+            ray.get(board.publish.remote(1, [ray.put(agent.policy_weights())]), timeout=600)
         runner = ray.remote(EnvRunner).options(num_cpus=0, max_concurrency=4).remote(  # stats while running
             0, name, {}, 1, chunk_length, 0, config, replay, board)
         try:
             running = runner.run.remote()
-            while ray.get(runner.stats.remote())["env_steps"] < 2 * chunk_length:  # warm-up, weights in
+            while ray.get(runner.stats.remote(), timeout=600)["env_steps"] < 2 * chunk_length:  # warm-up, weights in
                 time.sleep(0.2)
-            start = ray.get(runner.stats.remote())
+            start = ray.get(runner.stats.remote(), timeout=600)
             time.sleep(seconds)
-            end = ray.get(runner.stats.remote())
-            ray.get(runner.stop.remote())
-            ray.get(running)
-            ray.get(runner.flush.remote())  # no insert in flight when the shard goes
+            end = ray.get(runner.stats.remote(), timeout=600)
+            ray.get(runner.stop.remote(), timeout=600)
+            ray.get(running, timeout=600)
+            ray.get(runner.flush.remote(), timeout=600)  # no insert in flight when the shard goes
         finally:
             ray.kill(runner)
             for shard in replay.shards:

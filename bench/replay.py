@@ -79,7 +79,7 @@ def bench_inprocess(chunks, num_inserts: int, args, rng) -> dict[str, float]:
 
 def bench_service(chunks, num_inserts: int, args, root: str) -> dict[str, float]:
     service = ReplayService.create(args.shards, root, args.capacity, seed=0)
-    ray.get([shard.size.remote() for shard in service.shards])  # wait for the actors to start
+    ray.get([shard.size.remote() for shard in service.shards], timeout=600)  # wait for the actors to start
 
     def runner(worker: int) -> None:
         for i in range(worker, num_inserts, args.inserters):

@@ -52,9 +52,9 @@ def measure(config: Config, runners: int, cores: float, seconds: float, warmup: 
         board = make_weight_board()
         weights = Agent(obs_spec, act_spec, config.agent, device="cpu").policy_weights()
         weights["version"] = 1  # runners act with the policy step, not randomly
-        ray.get(board.publish.remote(1, [ray.put(weights)]))
+        ray.get(board.publish.remote(1, [ray.put(weights)]), timeout=600)
         actors = [start_runner(config, i, replay, board) for i in range(runners)]
-        nodes = ray.get([a.where.remote() for a in actors])
+        nodes = ray.get([a.where.remote() for a in actors], timeout=600)
         rate, stored = collection_rate(actors, replay, limiter, warmup, seconds)
         for actor in [*actors, *replay.shards, board, limiter]:  # free the next point's node resources
             ray.kill(actor)

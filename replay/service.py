@@ -364,6 +364,10 @@ class ReplayService:
             ]
 
     def _result(self, shard: int, ref: ray.ObjectRef, deadline: float) -> ShardSample | None:
+        """A shard's part, or None if it failed, timed out, or (for a part requested earlier) left
+        the rotation meanwhile: a request in flight does not wait a second time for a hung shard."""
+        if not self._health.is_live(shard):
+            deadline = time.monotonic()  # take it only if it is already there
         try:
             part = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
         except _SHARD_ERRORS:

@@ -40,9 +40,9 @@ def collect(root: Path, env_name: str, options: dict[str, Any], steps: int, num_
         AgentConfig(model=ModelConfig(size="debug", reward_bins=31)), replay, make_weight_board(),
     )
     try:
-        assert ray.get(runner.run.remote(steps)) >= steps
-        assert ray.get(runner.flush.remote()) == 0
-        stats = ray.get(runner.stats.remote())
+        assert ray.get(runner.run.remote(steps), timeout=120) >= steps
+        assert ray.get(runner.flush.remote(), timeout=120) == 0
+        stats = ray.get(runner.stats.remote(), timeout=120)
     finally:
         ray.kill(runner)
         for shard in replay.shards:

@@ -174,12 +174,12 @@ def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path)
         while time.monotonic() < deadline and not any(r["step"] >= 700 for r in read_metrics(logdir)):
             time.sleep(0.2)
         for runner in run.runners:
-            acknowledged.update(ray_local.get(runner.inserted_ids.remote()))
+            acknowledged.update(ray_local.get(runner.inserted_ids.remote(), timeout=120))
         killed.extend(run.runners)
         ray_local.kill(run.runners[0], no_restart=False)  # SIGKILL-like: Ray restarts it
         ray_local.kill(run.runners[1], no_restart=True)  # gone for good: the driver makes a new one
         shard = run.replay.shards[0]
-        pid = ray_local.get(shard.stats.remote())["pid"]
+        pid = ray_local.get(shard.stats.remote(), timeout=120)["pid"]
         os.kill(pid, signal.SIGKILL)
 
     killed: list = []
@@ -191,7 +191,7 @@ def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path)
     assert summary.env_steps >= 1600 and summary.updates > 0
     assert run.runners[0] is killed[0] and run.runners[1] is not killed[1], "Ray restarted one, the driver re-created the other"
     for runner in run.runners:
-        acknowledged.update(ray_local.get(runner.inserted_ids.remote()))
+        acknowledged.update(ray_local.get(runner.inserted_ids.remote(), timeout=120))
     assert acknowledged <= set(run.replay.ids()), "every acknowledged chunk survived"
     rows = [r for r in read_metrics(logdir) if "runner/failures" in r]
     assert rows[-1]["runner/failures"] == 2 and rows[-1]["runner/given_up"] == 0
@@ -243,7 +243,7 @@ def test_crash_looping_runner_is_backed_off_then_given_up_while_others_go_on(ray
     assert delays == [("0.5", "1"), ("1.0", "2")], "the delay doubles"
     assert sum("runner 1: given up after 3 failures in a row (EnvFailure: runner1/env0 failed 3 times" in line for line in lines) == 1
     assert not any(line.startswith("runner 0") for line in lines), "the hung env was replaced inside runner 0"
-    acknowledged = set(ray_local.get(run.runners[0].inserted_ids.remote()))
+    acknowledged = set(ray_local.get(run.runners[0].inserted_ids.remote(), timeout=120))
     assert acknowledged and acknowledged <= set(run.replay.ids())
 
 

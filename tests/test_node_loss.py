@@ -32,7 +32,7 @@ def test_runners_and_shards_of_a_lost_node_come_back_on_the_others(ray_multinode
         # the worker holding the most of our actors (SPREAD puts a runner and a shard on each)
         victim = max(workers, key=lambda w: placement["runners"].count(w.node_id) + placement["shards"].count(w.node_id))
         for runner in run.runners:
-            acknowledged.update(ray.get(runner.inserted_ids.remote()))
+            acknowledged.update(ray.get(runner.inserted_ids.remote(), timeout=120))
         lost.update(node=victim.node_id, runners=placement["runners"].count(victim.node_id),
                     shards=placement["shards"].count(victim.node_id), at=time.monotonic())
         cluster.remove_node(victim)
@@ -46,13 +46,13 @@ def test_runners_and_shards_of_a_lost_node_come_back_on_the_others(ray_multinode
     assert summary.env_steps >= 800 and summary.updates > 0
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert lost["node"] not in alive
-    runner_nodes = set(ray.get([r.where.remote() for r in run.runners]))
+    runner_nodes = set(ray.get([r.where.remote() for r in run.runners], timeout=120))
     stats = run.replay.stats()
     assert runner_nodes <= alive and stats["shards_up"] == 2
     assert {s["node_id"] for s in stats["shards"]} <= alive, "the lost shards were re-created elsewhere"
     assert sum(s["reloaded_chunks"] for s in stats["shards"]) > 0, "a re-created shard reloaded its chunk files"
     for runner in run.runners:
-        acknowledged.update(ray.get(runner.inserted_ids.remote()))
+        acknowledged.update(ray.get(runner.inserted_ids.remote(), timeout=120))
     assert acknowledged and acknowledged <= set(run.replay.ids()), "every acknowledged chunk survived the node"
     rows = read_metrics(logdir)
     after = [r for r in rows if r["step"] > 500 and "runner/env_steps_per_s" in r]

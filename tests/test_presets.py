@@ -24,9 +24,11 @@ TINY = [
     "learner.threads=1", "runners.count=1", "replay.shards=1", "replay.capacity=5000",
     "run.steps=200", "run.eval_every=0", "run.eval_episodes=1", "run.log_every=0.5", "run.checkpoint_every=1000", "wandb.mode=disabled",
 ]
-# Shorter episodes where the preset's would outlast the run (options of the same env).
+# Shorter episodes where the preset's would outlast the run (options of the same env); the
+# CartPole preset names its model sizes, which `size=debug` does not override (and at deter 256
+# `agent.compile=auto` compiles on a CPU: a minute of Inductor that tests/test_compile.py covers).
 PRESETS = {
-    "cartpole": [],
+    "cartpole": ["agent.model.deter=32", "agent.model.hidden=32", "agent.model.stoch=4", "agent.model.classes=4"],  # it sets its sizes
     "atari100k": ["env.options.max_frames=800"],
     "crafter": ["env.options.length=120", "run.eval_every=100", "wandb.mode=offline"],
     "metaworld": ["env.options.length=100"],

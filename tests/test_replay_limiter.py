@@ -19,12 +19,12 @@ def run_pair(ray, limiter, inserts: int, batch: int = 1) -> tuple[threading.Thre
         done = 0
         while done < inserts:
             asked = min(batch, inserts - done)
-            granted = ray.get(limiter.acquire_inserts.remote([CHUNK] * asked, 20.0))
+            granted = ray.get(limiter.acquire_inserts.remote([CHUNK] * asked, 20.0), timeout=120)
             assert 1 <= granted <= asked, "producer starved"
             done += granted
 
     def consume():
-        while ray.get(limiter.acquire_sample.remote(BATCH, 20.0)):
+        while ray.get(limiter.acquire_sample.remote(BATCH, 20.0), timeout=120):
             pass
 
     threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
@@ -47,8 +47,8 @@ def test_ratio_held_within_ten_percent_at_the_smallest_tolerance(ray_local, samp
     producer.join(timeout=40)
     assert not producer.is_alive(), "deadlock: the producer never finished"
     time.sleep(0.2)  # let the consumer take what it is still owed
-    inserted, ratio = ray_local.get([limiter.inserted.remote(), limiter.ratio.remote()])
-    ray_local.get(limiter.close.remote())
+    inserted, ratio = ray_local.get([limiter.inserted.remote(), limiter.ratio.remote()], timeout=120)
+    ray_local.get(limiter.close.remote(), timeout=120)
     consumer.join(timeout=10)
     assert not consumer.is_alive(), "close() did not release the waiting consumer"
     assert inserted == 250 * CHUNK
@@ -57,44 +57,44 @@ def test_ratio_held_within_ten_percent_at_the_smallest_tolerance(ray_local, samp
 
 def test_prefill_never_blocks_and_sampling_waits_for_min_size(ray_local):
     limiter = make_limiter_actor(1.0, 100, min_tolerance(1.0, CHUNK, BATCH), CHUNK, BATCH, name=None)
-    assert not ray_local.get(limiter.acquire_sample.remote(BATCH, 0.2))
+    assert not ray_local.get(limiter.acquire_sample.remote(BATCH, 0.2), timeout=120)
     for _ in range(13):  # 104 steps, far beyond the tolerance of 40, without a single sample
-        assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0))
+        assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0), timeout=120)
     # The ratio counts from min_size: runners may get 40 replayed steps' worth (40 env steps) ahead.
     for _ in range(4):  # 112 ... 136 inserted: 1.0 * (136 - 100) <= 40
-        assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0))
-    assert not ray_local.get(limiter.acquire_insert.remote(CHUNK, 0.2)), "prefill is over: inserts wait"
-    assert ray_local.get(limiter.acquire_sample.remote(BATCH, 0))
-    assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0)), "a sample makes room for an insert"
+        assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0), timeout=120)
+    assert not ray_local.get(limiter.acquire_insert.remote(CHUNK, 0.2), timeout=120), "prefill is over: inserts wait"
+    assert ray_local.get(limiter.acquire_sample.remote(BATCH, 0), timeout=120)
+    assert ray_local.get(limiter.acquire_insert.remote(CHUNK, 0), timeout=120), "a sample makes room for an insert"
     with pytest.raises(Exception, match="outside"):
-        ray_local.get(limiter.acquire_sample.remote(BATCH + 1))
+        ray_local.get(limiter.acquire_sample.remote(BATCH + 1), timeout=120)
 
 
 def test_a_batch_of_inserts_gets_the_prefix_the_ratio_allows(ray_local):
     limiter = make_limiter_actor(1.0, 100, min_tolerance(1.0, CHUNK, BATCH), CHUNK, BATCH, name=None)
-    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 13, 0)) == 13  # prefill: all of it
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 13, 0), timeout=120) == 13  # prefill: all of it
     # 104 inserted: each further chunk is judged alone, 1.0 * (inserted - 100) <= 40: 112 ... 136
-    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 10, 0)) == 4
-    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 2, 0.2)) == 0, "none allowed: wait, then nothing"
-    assert ray_local.get(limiter.acquire_sample.remote(BATCH, 0))
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 10, 0), timeout=120) == 4
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 2, 0.2), timeout=120) == 0, "none allowed: wait, then nothing"
+    assert ray_local.get(limiter.acquire_sample.remote(BATCH, 0), timeout=120)
     # 32 sampled: 144 - 100 - 32 = 12 ... 168 - 100 - 32 = 36 pass, 176 would be 44 > 40
-    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 6, 0)) == 4
-    assert ray_local.get(limiter.inserted.remote()) == 168
+    assert ray_local.get(limiter.acquire_inserts.remote([CHUNK] * 6, 0), timeout=120) == 4
+    assert ray_local.get(limiter.inserted.remote(), timeout=120) == 168
     with pytest.raises(Exception, match="outside"):
-        ray_local.get(limiter.acquire_inserts.remote([CHUNK, CHUNK + 1], 0))
-    assert ray_local.get(limiter.inserted.remote()) == 168, "a refused batch counts nothing"
+        ray_local.get(limiter.acquire_inserts.remote([CHUNK, CHUNK + 1], 0), timeout=120)
+    assert ray_local.get(limiter.inserted.remote(), timeout=120) == 168, "a refused batch counts nothing"
 
 
 def test_close_releases_waiters_and_state_round_trips(ray_local):
     limiter = make_limiter_actor(2.0, 64, min_tolerance(2.0, CHUNK, BATCH), CHUNK, BATCH, name=None)
     waiting = limiter.acquire_sample.remote(BATCH)  # no timeout: only close() can end it
     time.sleep(0.2)
-    ray_local.get(limiter.close.remote())
+    ray_local.get(limiter.close.remote(), timeout=120)
     assert ray_local.get(waiting, timeout=5) is False
-    assert ray_local.get(limiter.acquire_insert.remote(CHUNK)) is False
+    assert ray_local.get(limiter.acquire_insert.remote(CHUNK), timeout=120) is False
 
     resumed = make_limiter_actor(2.0, 64, min_tolerance(2.0, CHUNK, BATCH), CHUNK, BATCH, name=None)
-    ray_local.get(resumed.load_state.remote({"inserted": 1064, "sampled": 2000}))
-    assert ray_local.get(resumed.state.remote()) == {"inserted": 1064, "sampled": 2000}
-    assert ray_local.get(resumed.ratio.remote()) == 2.0
-    assert ray_local.get(resumed.acquire_sample.remote(BATCH, 0))  # resumed runs skip prefill
+    ray_local.get(resumed.load_state.remote({"inserted": 1064, "sampled": 2000}), timeout=120)
+    assert ray_local.get(resumed.state.remote(), timeout=120) == {"inserted": 1064, "sampled": 2000}
+    assert ray_local.get(resumed.ratio.remote(), timeout=120) == 2.0
+    assert ray_local.get(resumed.acquire_sample.remote(BATCH, 0), timeout=120)  # resumed runs skip prefill

@@ -32,7 +32,7 @@ def test_chunks_flow_ratio_holds_and_weights_reach_every_runner(ray_local, tmp_p
     # every chunk a runner had acknowledged is stored in some shard
     inserted = set()
     for runner in run.runners:
-        inserted |= set(ray_local.get(runner.inserted_ids.remote()))
+        inserted |= set(ray_local.get(runner.inserted_ids.remote(), timeout=120))
     assert inserted and inserted <= set(run.replay.ids())
     # the replay ratio is held by the limiter
     assert abs(summary.replay_ratio - 16) / 16 < 0.10
