@@ -46,6 +46,7 @@ TINY = [
     "train.batch_size=4", "train.seq_len=8", "train.train_ratio=16", "train.prefill=300", "train.publish_every=2",
     "runners.chunk_length=8", "runners.num_cpus=0.5", "replay.shards=2", "replay.capacity=5000",
     "run.log_every=0.5", "run.checkpoint_every=1000", "run.eval_episodes=2", "wandb.mode=disabled", "run.steps=800",
+    "learner.threads=1",  # see tests/test_runtime.py
 ]
 
 
