@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from replay.storage import WEIGHT_VERSION, Batch, Chunk, chunk_length
 _SHARD_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
 _KEY_SHARD_SHIFT = 48  # service-level priority keys carry the shard index above a shard's own step key
 _GRANT_POLL_S = 1.0  # a runner's wait for the limiter, in bounded calls
+_READY_GET_S = 60.0  # fetching a result already known to be ready (only its transfer is left)
 _NO_DATA_WAIT_S = 0.05
 _POLL_S = 0.1  # how often blocked Sampler calls look at the stop flag
 _END = object()  # queued by the Sampler's thread when it stops
@@ -187,11 +188,7 @@ class ReplayService:
         bounded calls, so a limiter that stops answering raises GetTimeoutError instead of hanging."""
         if self._limiter is None:
             return len(sizes)
-        while True:
-            ref = self._limiter.acquire_inserts.remote(list(sizes), _GRANT_POLL_S)
-            granted = ray.get(ref, timeout=_GRANT_POLL_S + self._call_timeout_s)
-            if granted or ray.get(self._limiter.is_closed.remote(), timeout=self._call_timeout_s):
-                return granted
+        return self._until_granted(lambda wait_s: self._limiter.acquire_inserts.remote(list(sizes), wait_s))
 
     def store(self, inserts: Sequence[ChunkInsert]) -> list[InsertAck | None]:
         """One attempt to make granted chunks durable (the limiter is not asked again): one call per
@@ -303,9 +300,23 @@ class ReplayService:
     def _sample(
         self, batch_size: int, seq_len: int, with_keys: bool
     ) -> tuple[Batch, np.ndarray | None] | None:
-        if not _granted(self._request_grant(batch_size * seq_len)):
+        if not self._acquire_sample(batch_size * seq_len):
             return None
         return self._collect(self._submit(batch_size, seq_len, with_keys))
+
+    def _acquire_sample(self, n_steps: int) -> bool:
+        """Wait, in bounded calls, until the limiter grants a sample of n_steps; False once it is closed."""
+        if self._limiter is None:
+            return True
+        return bool(self._until_granted(lambda wait_s: self._limiter.acquire_sample.remote(n_steps, wait_s)))
+
+    def _until_granted(self, acquire: Callable[[float], ray.ObjectRef]) -> Any:
+        """Repeat a limiter acquire that waits at most _GRANT_POLL_S until it grants (its answer) or
+        the limiter is closed (the falsy answer), each call bounded."""
+        while True:
+            answer = ray.get(acquire(_GRANT_POLL_S), timeout=_GRANT_POLL_S + self._call_timeout_s)
+            if answer or ray.get(self._limiter.is_closed.remote(), timeout=self._call_timeout_s):
+                return answer
 
     def _request_grant(self, n_steps: int) -> ray.ObjectRef | bool:
         return True if self._limiter is None else self._limiter.acquire_sample.remote(n_steps)
@@ -521,7 +532,8 @@ def _done(grant: ray.ObjectRef | bool, timeout: float) -> bool:
 
 
 def _granted(grant: ray.ObjectRef | bool) -> bool:
-    return grant if isinstance(grant, bool) else bool(ray.get(grant))
+    """The answer of a grant request that `_done` found ready."""
+    return grant if isinstance(grant, bool) else bool(ray.get(grant, timeout=_READY_GET_S))
 
 
 def _split(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

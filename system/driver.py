@@ -39,6 +39,7 @@ from system.video import save_videos
 from system.supervisor import RunnerSupervisor
 
 CONFIG_FILE = "config.yaml"
+READY_GET_S = 60.0  # fetching a result ray.wait found ready: only its transfer is left
 PLACEMENT_TIMEOUT_S = 600.0  # for an actor to start: an autoscaler may have to add its node first
 
 
@@ -315,7 +316,7 @@ class Run:
         again with back-off (or given up on) by the supervisor, their earlier steps kept in the count."""
         done, _ = ray.wait([learner_ref], timeout=0)
         if done:
-            ray.get(learner_ref)  # raises the learner's error
+            ray.get(learner_ref, timeout=READY_GET_S)  # raises the learner's error
             raise RuntimeError("the learner stopped before the run ended")
         self.supervisor.check()
 
@@ -364,7 +365,7 @@ class Run:
         if self.stop.requested:
             _answers([close], timeout=self._wait_s(None, share))
         else:
-            ray.get(close)
+            ray.get(close, timeout=60)
 
     def _save_checkpoint(self, env_steps: int, timeout: float | None = None) -> None:
         state = {
@@ -392,11 +393,13 @@ class Run:
     def _log_finished_evaluation(self, wait: bool = False) -> dict[str, float] | None:
         if self._eval_ref is None or not (wait or ray.wait([self._eval_ref], timeout=0)[0]):
             return None
-        result = ray.get(self._eval_ref)
+        result = ray.get(self._eval_ref, timeout=READY_GET_S)
         self._eval_ref = None
         self.logger.log(self._eval_step, {f"eval/{k}": v for k, v in result.items()})
         if self._video_refs:
-            videos = dict(zip(self._video_refs, ray.get(list(self._video_refs.values()))))
+            refs = list(self._video_refs.values())
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=120)[0])  # one that hangs is skipped
+            videos = {name: ray.get(ref, timeout=READY_GET_S) for name, ref in self._video_refs.items() if ref in ready}
             self._video_refs = {}
             save_videos(self.logger, self.logdir, self._eval_step, videos)
         return result
@@ -437,7 +440,7 @@ def _answers(refs: list[ray.ObjectRef], timeout: float) -> list[Any]:
     out = []
     for ref in ready:
         try:
-            out.append(ray.get(ref))
+            out.append(ray.get(ref, timeout=READY_GET_S))
         except ray.exceptions.RayError:
             continue
     return out

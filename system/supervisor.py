@@ -21,6 +21,7 @@ MAX_DELAY_S = 60.0
 HEALTHY_AFTER_S = 60.0
 RESTART_POLL_S = 1.0
 RESTART_WAIT_S = 300.0
+READY_GET_S = 60.0  # fetching a result ray.wait found ready: only its transfer is left
 
 
 class RunnersFailed(RuntimeError):
@@ -67,7 +68,7 @@ class RunnerSupervisor:
                 continue
             del self.refs[index]
             try:
-                ray.get(ref)
+                ray.get(ref, timeout=READY_GET_S)  # ready: only its transfer is left
             except ray.exceptions.RayError as error:
                 self._failed(index, error)
                 continue
@@ -102,7 +103,7 @@ class RunnerSupervisor:
 
     def _probed(self, index: int, probe: ray.ObjectRef) -> None:
         try:
-            ray.get(probe)
+            ray.get(probe, timeout=READY_GET_S)
         except ray.exceptions.ActorUnavailableError as error:
             if time.monotonic() - self.restarting[index] < RESTART_WAIT_S:
                 self.retry_at[index] = time.monotonic() + RESTART_POLL_S  # still restarting: not another failure
