@@ -15,11 +15,12 @@ ENVS_DIR = pathlib.Path(__file__).resolve().parents[1] / "actors" / "envs"
 
 
 def test_list_suites() -> None:
-    assert list_suites() == ["atari", "crafter", "gym", "metaworld", "minecraft"]
+    assert list_suites() == ["atari", "crafter", "fake-minecraft", "gym", "metaworld", "minecraft"]
 
 
 def test_unknown_suite_lists_valid_suites() -> None:
-    with pytest.raises(UnknownEnvError, match="unknown suite 'dmc'.*atari, crafter, gym, metaworld, minecraft"):
+    suites = "atari, crafter, fake-minecraft, gym, metaworld, minecraft"
+    with pytest.raises(UnknownEnvError, match=f"unknown suite 'dmc'.*{suites}"):
         make_env("dmc:walker_walk")
 
 
@@ -37,6 +38,7 @@ def test_name_without_suite_or_task(name: str) -> None:
         ("crafter:hard", "unknown Crafter task 'hard'.*crafter:reward, crafter:noreward"),
         ("metaworld:reach-v9", "unknown Meta-World task 'reach-v9'.*ALL_V3_ENVIRONMENTS"),
         ("minecraft:hunt-pig", "unknown Minecraft task 'hunt-pig'.*minecraft:hunt-cow"),
+        ("fake-minecraft:hunt-pig", "unknown Minecraft task 'hunt-pig'.*fake-minecraft:hunt-cow"),
     ],
 )
 def test_unknown_task_says_how_to_find_tasks(name: str, pattern: str) -> None:

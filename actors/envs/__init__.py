@@ -1,6 +1,7 @@
 """Environment suites behind one call: `make_env("suite:task", seed, **options)`.
 
-Suites: gym (any gymnasium id), atari (Atari100k protocol), crafter, metaworld, minecraft (hunt-cow).
+Suites: gym (any gymnasium id), atari (Atari100k protocol), crafter, metaworld, minecraft (hunt-cow),
+fake-minecraft (hunt-cow on a stand-in for MineDojo).
 Each imports its simulator only when an env of it is made.
 """
 import os
@@ -12,7 +13,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from actors.envs.atari import ATARI100K_GAMES, human_normalized_score  # noqa: E402
 from actors.envs.crafter_suite import crafter_score, crafter_success_rates  # noqa: E402
 from actors.envs.errors import MissingDependencyError, UnknownEnvError  # noqa: E402
-from actors.envs.registry import env_slot, list_suites, make_env  # noqa: E402
+from actors.envs.registry import default_collection, env_slot, list_suites, make_env  # noqa: E402
 
 __all__ = [
     "ATARI100K_GAMES",
@@ -20,6 +21,7 @@ __all__ = [
     "UnknownEnvError",
     "crafter_score",
     "crafter_success_rates",
+    "default_collection",
     "env_slot",
     "human_normalized_score",
     "list_suites",

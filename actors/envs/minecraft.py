@@ -3,13 +3,16 @@
 MineDojo needs gym 0.21, numpy<2, Python 3.9 and JDK 8, so it lives in the project's Minecraft image
 (deploy/), not in the main environment. This adapter imports it only when an env is made; the
 task's logic that needs no Minecraft (actions, dense reward, reset schedule) is in
-`minecraft_shaping.py`, tested everywhere.
+`minecraft_shaping.py`, tested everywhere, and `fake_minecraft.py` runs this same adapter over a
+stand-in for MineDojo (`fake_minedojo.py`).
 
 Task: MineDojo "Combat" with one cow spawned within 7 blocks, a diamond sword, sunflower plains,
 daytime, 500-step episodes (a truncation). Killing the cow or dying is terminal.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium
@@ -38,6 +41,17 @@ LIDAR_RAYS: list[tuple[float, float, float]] = [
 SPAWN_RANGE = 7  # blocks from the agent on each horizontal axis
 
 
+@dataclass(frozen=True)
+class MineDojoAPI:
+    """The three entry points of MineDojo that HuntCowEnv calls, passed in rather than imported so
+    that the same adapter runs on the real package (`minedojo_api`) or on the stand-in simulator
+    (`fake_minecraft.py`) where Minecraft cannot be installed."""
+
+    make: Callable[..., Any]  # minedojo.make
+    inventory_item: Callable[..., Any]  # minedojo.sim.InventoryItem
+    set_base_port: Callable[[int], None]  # InstanceManager.configure_malmo_base_port
+
+
 def make(
     task: str, *, seed: int, size: int = 64, length: int = 500, instance: int = 0
 ) -> gymnasium.Env:
@@ -46,28 +60,40 @@ def make(
     Runners and the evaluator set it from their env slot (`make_env(..., slot=...)`), so no two
     envs of a run share one; a user-given `instance` offsets them (two runs on one node).
     """
+    check_task("minecraft", task, size=size, length=length, instance=instance)
+    return HuntCowEnv(minedojo_api(task), seed=seed, size=size, length=length, instance=instance)
+
+
+def check_task(suite: str, task: str, *, size: int, length: int, instance: int) -> None:
+    """Reject a bad task or option of `suite:task` before any server starts."""
     if task not in _TASKS:
         raise UnknownEnvError(
-            f"unknown Minecraft task {task!r} in 'minecraft:{task}'; tasks: minecraft:hunt-cow"
+            f"unknown Minecraft task {task!r} in '{suite}:{task}'; tasks: {suite}:hunt-cow"
         )
     if size <= 0 or length <= 0:
-        raise ValueError(f"minecraft:{task}: size and length must be positive, got {size}, {length}")
+        raise ValueError(f"{suite}:{task}: size and length must be positive, got {size}, {length}")
     malmo_base_port(instance)  # validates the instance index before a server starts
+
+
+def minedojo_api(task: str) -> MineDojoAPI:
+    """The installed MineDojo package's entry points, or an error that says where to get it."""
     try:
         import minedojo
+        from minedojo.sim import InventoryItem
+        from minedojo.sim.bridge.mc_instance import InstanceManager
     except ImportError as error:
         raise MissingDependencyError(
             f"minecraft:{task}: MineDojo is not installed: use the minecraft image in deploy/ "
             "(see deploy/README.md)"
         ) from error
-    return HuntCowEnv(minedojo, seed=seed, size=size, length=length, instance=instance)
+    return MineDojoAPI(minedojo.make, InventoryItem, InstanceManager.configure_malmo_base_port)
 
 
 class HuntCowEnv(gymnasium.Env):
     """MineDojo's combat task behind the compact action space, shaped reward and resilient resets."""
 
-    def __init__(self, minedojo: Any, *, seed: int, size: int, length: int, instance: int) -> None:
-        self._minedojo = minedojo
+    def __init__(self, api: MineDojoAPI, *, seed: int, size: int, length: int, instance: int) -> None:
+        self._api = api
         self._size = size
         self._length = length
         self._instance = instance
@@ -127,19 +153,18 @@ class HuntCowEnv(gymnasium.Env):
             raise
 
     def _build_world(self) -> None:
-        from minedojo.sim import InventoryItem
-        from minedojo.sim.bridge.mc_instance import InstanceManager
-
         self.close()
-        InstanceManager.configure_malmo_base_port(malmo_base_port(self._instance))
-        self._env = self._minedojo.make(
+        self._api.set_base_port(malmo_base_port(self._instance))
+        self._env = self._api.make(
             task_id="combat",
             target_names="cow",
             target_quantities=1,
             initial_mobs="cow",
             initial_mob_spawn_range_low=(-SPAWN_RANGE, 1, -SPAWN_RANGE),
             initial_mob_spawn_range_high=(SPAWN_RANGE, 1, SPAWN_RANGE),
-            initial_inventory=[InventoryItem(slot=0, name="diamond_sword", variant=None, quantity=1)],
+            initial_inventory=[
+                self._api.inventory_item(slot=0, name="diamond_sword", variant=None, quantity=1)
+            ],
             specified_biome="sunflower_plains",
             start_at_night=False,
             image_size=(self._size, self._size),

@@ -17,10 +17,22 @@ from actors.envs.errors import UnknownEnvError
 _SUITES: dict[str, str] = {
     "atari": "actors.envs.atari",
     "crafter": "actors.envs.crafter_suite",
+    "fake-minecraft": "actors.envs.fake_minecraft",  # hunt-cow on a MineDojo stand-in (no Minecraft)
     "gym": "actors.envs.gym_suite",
     "metaworld": "actors.envs.metaworld_suite",
     "minecraft": "actors.envs.minecraft",
 }
+
+
+# How runners collect from each suite when `runners.collection` is auto (actors/async_collector.py):
+# async for simulators whose steps take tens of milliseconds and whose resets take seconds; lockstep,
+# the default, for fast in-process envs, where one batched policy call per vector step is cheapest.
+_ASYNC_SUITES = ("minecraft", "fake-minecraft")
+
+
+def default_collection(name: str) -> str:
+    """`lockstep` or `async`: how runners best collect from env `name` ("suite:task")."""
+    return "async" if name.partition(":")[0] in _ASYNC_SUITES else "lockstep"
 
 
 def list_suites() -> list[str]:

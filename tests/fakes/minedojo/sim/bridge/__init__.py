@@ -1,0 +1,1 @@
+"""`minedojo.sim.bridge` of the fake package."""
