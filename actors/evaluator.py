@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.collector import Collector, Episode
+from actors.collector import Collector
 from actors.envs import crafter_score, crafter_success_rates, make_env
 from actors.envs.crafter_suite import ACHIEVEMENTS
 from actors.policy import AgentPolicy
-from actors.runner import summarize_episodes
 from actors.specs import specs_from_spaces
+from actors.streams import Episode, summarize_episodes
 from learner.agent import Agent
 from learner.config import AgentConfig
 

@@ -28,13 +28,16 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 import torch
 
-from actors.collector import Chunk, Collector, Episode
-from actors.envs import env_slot, make_env
+from actors.async_collector import AsyncCollector
+from actors.collector import Collector
+from actors.envs import default_collection, env_slot, make_env
 from actors.policy import AgentPolicy, RandomPolicy
 from actors.specs import specs_from_spaces
+from actors.streams import Chunk, Episode
 from learner.agent import Agent
 from learner.config import AgentConfig
 from replay import ChunkInsert
@@ -61,7 +64,12 @@ class EnvRunner:
         poll_interval: float = 0.1,
         retry_backoff: float = 0.1,
         call_timeout: float = 10.0,
+        collection: str = "auto",
+        gather_wait: float = 0.001,
+        device: str = "cpu",
     ):
+        """`collection`: lockstep, async or auto (the env suite's default, `actors.envs.default_collection`);
+        `device`: where the policy acts (cpu, or cuda for a runner given a share of a GPU)."""
         torch.set_num_threads(1)
         torch.manual_seed(seed + 7919 * index)
         restarts = iter(range(1, 1 << 30))
@@ -73,10 +81,15 @@ class EnvRunner:
         obs_spec, act_spec = specs_from_spaces(envs[0].observation_space, envs[0].action_space)
         self.index = index
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts this actor
-        self.agent = Agent(obs_spec, act_spec, agent_config, device="cpu")
-        self.collector = Collector(envs, chunk_length, f"runner{index}", remake=remake, step_timeout=step_timeout)
+        self.agent = Agent(obs_spec, act_spec, agent_config, device=device)
+        self.collection = collection if collection != "auto" else default_collection(env_name)
+        if self.collection == "async":
+            self.collector: Collector | AsyncCollector = AsyncCollector(
+                envs, chunk_length, f"runner{index}", remake=remake, step_timeout=step_timeout, gather_wait=gather_wait)
+        else:
+            self.collector = Collector(envs, chunk_length, f"runner{index}", remake=remake, step_timeout=step_timeout)
         self.explore = RandomPolicy(envs[0].action_space, seed + index)
-        self.policy = AgentPolicy(self.agent)
+        self.policy = AgentPolicy(self.agent, num_envs=num_envs)
         self.replay, self.board = replay, board
         self.insert_batch, self.insert_linger = insert_batch, insert_linger
         self.poll_interval = poll_interval
@@ -135,6 +148,7 @@ class EnvRunner:
         return {
             "runner": self.index,
             "incarnation": self.incarnation,
+            "collection": self.collection,
             "env_steps": steps,
             "env_steps_per_s": rate,
             "weight_version": self.version,
@@ -146,6 +160,8 @@ class EnvRunner:
             "env_restarts": self.collector.env_restarts,
             "env_timeouts": self.collector.env_timeouts,
             "dropped_episodes": self.collector.dropped_episodes,
+            "env_busy_s": self.collector.busy.seconds,
+            "rss_mb": resident_mb(),
             "episodes": [(e.ret, e.length, e.stats) for e in episodes],
         }
 
@@ -262,12 +278,14 @@ class EnvRunner:
         return batch, False
 
 
-def summarize_episodes(episodes: list[tuple[float, int, dict[str, float]]]) -> dict[str, float]:
-    """Mean return, length and env-specific stats over a list of finished episodes."""
-    if not episodes:
-        return {}
-    out = {"episode/return": float(np.mean([e[0] for e in episodes])), "episode/length": float(np.mean([e[1] for e in episodes])), "episode/count": float(len(episodes))}
-    keys = sorted({k for e in episodes for k in e[2]})
-    for key in keys:
-        out[f"episode/{key}"] = float(np.mean([e[2].get(key, 0.0) for e in episodes]))
-    return out
+def resident_mb() -> float:
+    """Resident memory of this process and its children (simulators that run as their own
+    processes, like Minecraft's JVM), in MiB."""
+    process = psutil.Process()
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass  # it ended meanwhile
+    return total / 2**20

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from typing import Any
 
 import ray
@@ -34,7 +35,7 @@ def start_ray(config: RayConfig) -> None:
             ray.init(address=config.address, **{k: v for k, v in options.items() if k == "log_to_driver"})
         else:
             with _metrics_exporters_off():
-                ray.init(address="local", num_cpus=config.num_cpus, **options,  # never join a `ray start` cluster by accident
+                ray.init(address="local", num_cpus=config.num_cpus, resources=dict(config.resources), **options,  # never join a `ray start` cluster by accident
                          _system_config={"enable_metrics_collection": False})  # the dashboard agent's exporter
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = config.address or "the embedded cluster"
@@ -80,8 +81,23 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def check_resources(config: Config) -> None:
-    """What the run asks of the cluster exists (a GPU for the learner, if demanded)."""
+    """What the run asks of the cluster exists (a GPU for the learner, if demanded; GPUs for
+    runners that ask for a share of one)."""
     learner_options(config)
+    if config.runners.num_gpus > 0 and not has_gpu():
+        raise ClusterError(f"runners.num_gpus={config.runners.num_gpus:g} but the cluster has no GPU: set runners.num_gpus=0 (act on CPUs) or add GPU nodes")
+    wanted = runner_options(config).get("resources", {})
+    offered = ray.cluster_resources()
+    short = {name: amount for name, amount in wanted.items() if offered.get(name, 0.0) < amount}
+    if not short:
+        return
+    asked = ", ".join(f"{name}: {amount:g}" for name, amount in sorted(short.items()))
+    if config.ray.address is None:  # the embedded cluster never grows
+        raise ClusterError(f"each runner asks for {{{asked}}} (runners.resources + runners.resources_per_env x runners.envs) "
+                           "but the embedded Ray cluster does not offer that much: set ray.resources (what this machine "
+                           "offers, e.g. ray.resources={minecraft: 4}), or join a cluster whose nodes offer it with ray.address")
+    print(f"no node offers what a runner asks for yet ({{{asked}}}): runners wait for nodes that do (the autoscaler's, "
+          "or `ray start --resources ...`)", file=sys.stderr, flush=True)
 
 
 def has_gpu() -> bool:
@@ -111,16 +127,27 @@ def on_driver_node() -> dict[str, Any]:
 
 
 def runner_options(config: Config) -> dict[str, Any]:
-    """Runners spread over the nodes that have the resources they ask for."""
+    """Runners spread over the nodes that have the resources they ask for: their own, plus
+    `resources_per_env` for each of their envs (what caps the simulator instances of a node)."""
+    runners = config.runners
     options: dict[str, Any] = {
-        "num_cpus": config.runners.num_cpus,
+        "num_cpus": runners.num_cpus,
+        "num_gpus": runners.num_gpus,
         "max_concurrency": 4,
-        "max_restarts": config.runners.max_restarts,
+        "max_restarts": runners.max_restarts,
         "scheduling_strategy": "SPREAD",
     }
-    if config.runners.resources:
-        options["resources"] = dict(config.runners.resources)
+    resources = dict(runners.resources)
+    for name, amount in runners.resources_per_env.items():
+        resources[name] = resources.get(name, 0.0) + amount * runners.envs
+    if resources:
+        options["resources"] = resources
     return options
+
+
+def runner_device(config: Config) -> str:
+    """Where a runner's policy acts: on its share of a GPU when it is given one, else its CPU."""
+    return "cuda" if config.runners.num_gpus > 0 else "cpu"
 
 
 def shard_placement(config: Config) -> dict[str, Any]:

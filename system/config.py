@@ -82,7 +82,15 @@ class RunnersConfig:
     insert_batch: int = 4  # most chunks one replay insert call carries (1: every chunk alone)
     insert_linger: float = 0.25  # seconds a runner waits for more chunks before inserting fewer
     num_cpus: float = 1.0
+    num_gpus: float = 0.0  # a share of a GPU per runner: its policy then acts there
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per runner
+    # Custom Ray resources per environment, times `envs` on top of `resources`: a node that
+    # advertises {minecraft: 12} then hosts at most 12 Minecraft instances, however runners split them.
+    resources_per_env: dict[str, float] = field(default_factory=dict)
+    # lockstep: every env steps at once (fast in-process envs); async: each env steps as soon as its
+    # last step returned (slow, crashy simulators); auto: the env suite's default (actors/envs).
+    collection: str = "auto"
+    gather_wait: float = 0.001  # async: seconds to wait, after one env is ready, for more to act on in one batch
     max_restarts: int = 3
     step_timeout: float = 60.0  # seconds before a hung environment is restarted (0: no timeout)
     max_failures: int = 6  # failures in a row (crashes, envs that keep failing) before a runner is given up on
@@ -101,6 +109,7 @@ class LearnerConfig:
 class RayConfig:
     address: str | None = None  # None: start an embedded local cluster; "auto" or host:port to join
     num_cpus: int | None = None  # for the embedded cluster (default: all cores)
+    resources: dict[str, float] = field(default_factory=dict)  # custom resources the embedded cluster offers (e.g. {minecraft: 4})
     dashboard: bool = False  # when on, it binds to 127.0.0.1 only
 
 
@@ -207,6 +216,9 @@ def validate(config: Config) -> None:
         (config.runners.chunk_length >= 1, f"runners.chunk_length must be >= 1 (got {config.runners.chunk_length})"),
         (config.runners.insert_batch >= 1, f"runners.insert_batch must be >= 1 (got {config.runners.insert_batch})"),
         (config.runners.insert_linger >= 0, f"runners.insert_linger must be >= 0 (got {config.runners.insert_linger})"),
+        (config.runners.collection in ("auto", "lockstep", "async"), f"runners.collection must be auto, lockstep or async (got {config.runners.collection!r})"),
+        (config.runners.gather_wait >= 0, f"runners.gather_wait must be >= 0 seconds (got {config.runners.gather_wait})"),
+        (config.runners.num_gpus >= 0, f"runners.num_gpus must be >= 0 (got {config.runners.num_gpus})"),
         (config.replay.call_timeout > 0, f"replay.call_timeout must be > 0 seconds (got {config.replay.call_timeout})"),
         (config.replay.sampling in ("uniform", "recency", "priority"), f"replay.sampling must be uniform, recency or priority (got {config.replay.sampling!r})"),
         (config.wandb.mode in ("auto", "online", "offline", "disabled"), f"wandb.mode must be auto, online, offline or disabled (got {config.wandb.mode!r})"),

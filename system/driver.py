@@ -23,15 +23,16 @@ from tqdm import tqdm
 
 from actors.envs import UnknownEnvError, make_env
 from actors.evaluator import Evaluator
-from actors.runner import EnvRunner, summarize_episodes
+from actors.runner import EnvRunner
 from actors.specs import specs_from_spaces
+from actors.streams import summarize_episodes
 from learner.agent import Agent
 from learner.broadcast import make_weight_board
 from learner.learner_actor import Learner
 from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
 from replay import ReplayService, make_limiter_actor, min_tolerance
 from system.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from system.cluster import ClusterError, check_resources, learner_options, on_driver_node, runner_options, shard_placement, start_ray
+from system.cluster import ClusterError, check_resources, learner_options, on_driver_node, runner_device, runner_options, shard_placement, start_ray
 from system.config import Config, ConfigError, apply_overrides, config_from_dict, to_yaml
 from system.interrupt import StopSignals
 from system.metrics import MetricsLogger, best_evaluation
@@ -92,7 +93,8 @@ def start_runner(config: Config, index: int, replay: ReplayService, board: ray.a
         index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
         config.run.seed, config.agent, replay, board, step_timeout=config.runners.step_timeout,
         insert_batch=config.runners.insert_batch, insert_linger=config.runners.insert_linger,
-        call_timeout=config.replay.call_timeout,
+        call_timeout=config.replay.call_timeout, collection=config.runners.collection,
+        gather_wait=config.runners.gather_wait, device=runner_device(config),
     )
 
 
@@ -279,6 +281,8 @@ class Run:
             "runner/env_timeouts": sum(s.get("env_timeouts", 0) for s in runner_stats),
             **{f"runner/{key}": sum(s[key] for s in runner_stats) for key in ("insert_retries", "insert_failures", "rerouted_chunks")},
             **self.supervisor.metrics(),
+            "runner/rss_mb_max": max((s["rss_mb"] for s in runner_stats), default=0.0),
+            "runner/rss_mb_total": sum(s["rss_mb"] for s in runner_stats),
             "runner/min_weight_version": min(versions),
             "runner/max_weight_version": max(versions),
             "replay/size": replay_stats.get("size", 0),

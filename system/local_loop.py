@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from actors.collector import Collector, Episode
+from actors.collector import Collector
 from actors.envs import make_env
 from actors.evaluator import Evaluator
 from actors.policy import AgentPolicy, RandomPolicy
+from actors.specs import specs_from_spaces
+from actors.streams import Episode
 from learner.agent import Agent, metrics_to_floats
 from replay.storage import ReplayStorage
 from system.config import Config
-from actors.specs import specs_from_spaces
 
 
 @dataclass

@@ -32,6 +32,9 @@ BAD_TRAIN = [
     (["--config", "cartpole", "ray.address=127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1"),
     (["--config", "cartpole", "learner.num_gpus=64"], "learner.num_gpus=64 but the cluster has"),
     (["--config", "cartpole", "agent.device=cuda", "learner.num_gpus=0"], "agent.device asks for CUDA"),
+    (["--config", "cartpole", "runners.num_gpus=0.25"], "runners.num_gpus=0.25 but the cluster has no GPU"),
+    (["--config", "cartpole", "runners.resources_per_env={nowhere: 1}", "runners.envs=3"], "each runner asks for {nowhere: 3} (runners.resources + runners.resources_per_env x runners.envs) but the embedded Ray cluster does not offer that much"),
+    (["--config", "cartpole", "runners.collection=parallel"], "runners.collection must be auto, lockstep or async"),
     (["--config", "cartpole", "train.train_ratio=0"], "train.train_ratio must be positive"),
     (["--config", "cartpole", "train.prefill=100"], "must be at least one batch"),
     (["--config", "cartpole", "train.batch_size=64", "replay.capacity=2000"], "must be at least one batch"),
@@ -41,7 +44,7 @@ BAD_TRAIN = [
 
 @pytest.mark.parametrize("args,message", BAD_TRAIN, ids=[a[-1] for a, _ in BAD_TRAIN])
 def test_bad_train_input(args, message, tmp_path, capsys, request):
-    if "learner.num_gpus=64" in args:  # checked against the cluster's resources: start it as the other tests do
+    if any(a.startswith(("learner.num_gpus", "runners.num_gpus", "runners.resources")) for a in args):  # checked against the cluster's resources: start it as the other tests do
         request.getfixturevalue("ray_local")
     logdir = tmp_path / "run"
     assert main(["train", "--logdir", str(logdir), *args]) == 2

@@ -16,9 +16,10 @@ from fault_envs import HangingCartPole
 from test_agent import make_agent, make_batch
 from test_runtime import tiny_config
 
-from actors.collector import Collector, EnvFailure
+from actors.collector import Collector
 from actors.envs import make_env
 from actors.runner import EnvRunner
+from actors.streams import EnvFailure
 from learner.agent import metrics_to_floats
 from learner.broadcast import make_weight_board
 from learner.config import AgentConfig, ModelConfig

@@ -34,9 +34,10 @@ def embedded_ray():
     that needs Ray after this one starts its own, see conftest.ray_local)."""
     ray.shutdown()  # start_ray keeps a cluster that is already up; this test needs its own
     saved = {k: os.environ.get(k) for k in ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")}
-    start_ray(RayConfig(num_cpus=2))
+    start_ray(RayConfig(num_cpus=2, resources={"minecraft": 3}))
     try:
         assert {k: os.environ.get(k) for k in saved} == saved, "start_ray leaves the environment as it was"
+        assert ray.cluster_resources().get("minecraft") == 3, "ray.resources are what the embedded cluster offers"
         yield ray._private.worker.global_worker.node
     finally:
         ray.shutdown()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_agent import make_agent, make_batch
 
-from actors.collector import Episode
+from actors.streams import Episode
 from actors.envs.crafter_suite import ACHIEVEMENTS
 from actors.evaluator import Evaluator, summarize_evaluation
 from learner.config import AgentConfig, ModelConfig
