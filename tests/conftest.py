@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -9,14 +10,34 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+FAKES = str(Path(__file__).resolve().parent / "fakes")  # a fake `minedojo` package (tests/fakes/minedojo)
+
+
+def start_local_ray(*paths: str) -> None:
+    """The embedded cluster the tests share (2 CPUs, token auth on by default, no dashboard). Its
+    node offers 4 Minecraft instances (the `minecraft` resource the minecraft preset asks per env),
+    and its workers can import the fake `minedojo` and modules under `paths` (they inherit
+    PYTHONPATH from the process that starts the cluster; this process imports the fake only where a
+    test puts it on sys.path)."""
+    import ray
+
+    ray.shutdown()
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FAKES, *paths, before) if p)
+    try:
+        ray.init(address="local", num_cpus=2, resources={"minecraft": 4}, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.pop("PYTHONPATH") if before is None else os.environ.update(PYTHONPATH=before)
+
+
 @pytest.fixture(scope="module")
 def ray_local():
-    """A real embedded Ray cluster (2 CPUs, token auth on by default, no dashboard), shared by the
-    tests of a module. Started again if another module shut Ray down for a multi-node cluster."""
+    """The shared embedded cluster (`start_local_ray`), started again if another module shut Ray
+    down for a cluster of its own."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray()
     yield ray
 
 

@@ -119,7 +119,7 @@ def test_files_parse_and_hold_what_they_should():
     assert set(_pod_specs(kinds["RayJob"])) == {"head", "cpu", "minecraft"}
     readme = _text("README.md")
     for needle in ("ray job submit --address http://127.0.0.1:8265 --runtime-env-json '{\"working_dir\": \".\"}'",
-                   "ray.address=auto", "harmonyray resume", "runners.resources.minecraft=1", "instance"):
+                   "ray.address=auto", "harmonyray resume", "runners.resources_per_env.minecraft=1", "instance"):
         assert needle in readme, needle
 
 
@@ -159,7 +159,7 @@ def test_custom_resources_match_the_config_keys_and_the_shared_run_directory():
     docs = _rayjob_docs()
     pods = _pod_specs(docs["RayJob"])
     offered = {name: _start_resources(group) for name, group in pods.items()}
-    assert offered == {"head": {"learner": 1}, "cpu": {"runner": 8}, "minecraft": {"minecraft": 1}}
+    assert offered == {"head": {"learner": 1}, "cpu": {"runner": 8}, "minecraft": {"minecraft": 4}}
     assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
     for name, group in pods.items():
@@ -177,16 +177,17 @@ def test_custom_resources_match_the_config_keys_and_the_shared_run_directory():
     # cluster.yaml: the same resources per node type, and /data on the shared file system.
     cluster = _cluster()
     types = cluster["available_node_types"]
-    assert {k: v["resources"] for k, v in types.items()} == {"head": {"learner": 1}, "cpu": {"runner": 8}, "minecraft": {"minecraft": 1}}
+    assert {k: v["resources"] for k, v in types.items()} == {"head": {"learner": 1}, "cpu": {"runner": 8}, "minecraft": {"minecraft": 4}}
     assert "-v /mnt/efs/harmonyray:/data" in cluster["docker"]["run_options"]
     assert "harmonyray-minecraft" in types["minecraft"]["docker"]["worker_image"]
     for args in _harmonyray_commands(_readme_code()):
         if args[0] == "train":
-            _, logdir, overrides = _split_train(args)
+            preset, logdir, overrides = _split_train(args)
             assert logdir and logdir.startswith("/data/runs/"), args
-            config = load_config("cartpole", overrides)
+            config = load_config(preset, overrides)
             offered_anywhere = set().union(*(t["resources"] for t in types.values()))
-            assert set(config.learner.resources) | set(config.runners.resources) <= offered_anywhere
+            asked = set(config.learner.resources) | set(config.runners.resources) | set(config.runners.resources_per_env)
+            assert asked <= offered_anywhere, args
 
 
 def test_token_auth_is_on_and_the_dashboard_private():

@@ -12,6 +12,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from conftest import start_local_ray
 from fault_envs import HangingCartPole
 from test_agent import make_agent, make_batch
 from test_runtime import tiny_config
@@ -34,17 +35,10 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """Like conftest's, but the runner processes can import this directory's fault_envs (Ray
-    workers inherit PYTHONPATH from the process that starts the cluster)."""
+    """Like conftest's, but the runner processes can import this directory's fault_envs."""
     import ray
 
-    ray.shutdown()
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, before) if p)
-    try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    finally:
-        os.environ.pop("PYTHONPATH") if before is None else os.environ.update(PYTHONPATH=before)
+    start_local_ray(TESTS_DIR)
     yield ray
 
 

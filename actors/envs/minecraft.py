@@ -1,7 +1,8 @@
 """Minecraft hunt-cow (HarmonyDream's Minecraft task) as `minecraft:hunt-cow`, on MineDojo.
 
-MineDojo needs gym 0.21, numpy<2, Python 3.9 and JDK 8, so it lives in the project's Minecraft image
-(deploy/), not in the main environment. This adapter imports it only when an env is made; the
+MineDojo needs gym 0.21, numpy<2 and JDK 8 (and is tested by its authors on Python 3.9; our image
+runs it on the cluster's Python 3.11, see deploy/Dockerfile.minecraft), so it lives in the project's
+Minecraft image, not in the main environment. This adapter imports it only when an env is made; the
 task's logic that needs no Minecraft (actions, dense reward, reset schedule) is in
 `minecraft_shaping.py`, tested everywhere, and `fake_minecraft.py` runs this same adapter over a
 stand-in for MineDojo (`fake_minedojo.py`).

@@ -1,0 +1,37 @@
+"""The minecraft preset end to end on the fake `minedojo` package (tests/fakes): the real
+`minecraft:hunt-cow` adapter, asynchronous runners with two envs each on a node that offers the
+`minecraft` resource (conftest's cluster), the learner and the evaluator, with a tiny model."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import FAKES, start_local_ray
+from test_presets import TINY
+
+from system.config import load_config
+from system.driver import train
+from system.metrics import read_metrics
+
+
+@pytest.fixture
+def fake_minedojo(ray_local):
+    """`import minedojo` finds the fake in this process too (the driver builds the env once), on
+    the shared cluster (started again if a module left one of its own running)."""
+    if ray_local.cluster_resources().get("minecraft", 0) < 2:
+        start_local_ray()
+    sys.path.insert(0, FAKES)
+    yield
+    sys.path.remove(FAKES)
+    for name in [name for name in sys.modules if name.partition(".")[0] == "minedojo"]:
+        del sys.modules[name]  # other tests expect it missing
+
+
+def test_minecraft_preset_runs_on_the_fake(fake_minedojo, tmp_path) -> None:
+    config = load_config("minecraft", [*TINY, "runners.envs=2", "env.options.length=60", "run.eval_video=false"])
+    assert config.runners.resources_per_env == {"minecraft": 1.0} and config.runners.collection == "auto"
+    summary = train(config, str(tmp_path / "run"), progress=False)
+    assert summary.env_steps >= 200 and summary.updates > 0 and summary.eval_return is not None
+    rows = [row for row in read_metrics(tmp_path / "run") if "runner/rss_mb_max" in row]
+    assert rows and rows[-1]["runner/rss_mb_max"] > 100, "the runner's memory is reported"
+    assert rows[-1]["runner/min_weight_version"] > 0, "the runner acts with published weights"
