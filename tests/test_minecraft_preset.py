@@ -18,8 +18,9 @@ from system.metrics import read_metrics
 def fake_minedojo(ray_local):
     """`import minedojo` finds the fake in this process too (the driver builds the env once), on
     the shared cluster (started again if a module left one of its own running)."""
-    if ray_local.cluster_resources().get("minecraft", 0) < 2:
-        start_local_ray()
+    held = ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]
+    if held or ray_local.cluster_resources().get("minecraft", 0) < 2:
+        start_local_ray()  # actors an earlier module left behind would hold CPUs the run needs
     sys.path.insert(0, FAKES)
     yield
     sys.path.remove(FAKES)
