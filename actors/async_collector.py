@@ -21,7 +21,8 @@ from typing import Any, Protocol
 import gymnasium
 import numpy as np
 
-from actors.streams import BusyTime, Chunk, Episode, EnvThread, EnvTimeout, FailureCount, Streams
+from actors.streams import BusyTime, Episode, EnvThread, EnvTimeout, FailureCount, Streams
+from replay import Chunk
 
 _CLOSE_WAIT_S = 10.0  # what `close` waits for envs still in a call before leaving them to their threads
 

@@ -16,7 +16,8 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from actors.streams import BusyTime, Chunk, Episode, EnvThread, EnvTimeout, FailureCount, StepRecord, Streams
+from actors.streams import BusyTime, Episode, EnvThread, EnvTimeout, FailureCount, StepRecord, Streams
+from replay import Chunk
 
 Policy = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 

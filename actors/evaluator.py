@@ -16,8 +16,8 @@ from actors.envs.crafter_suite import ACHIEVEMENTS
 from actors.policy import AgentPolicy
 from actors.specs import specs_from_spaces
 from actors.streams import Episode, summarize_episodes
-from learner.agent import Agent
 from learner.config import AgentConfig
+from learner.policy_agent import PolicyAgent
 
 # Frames kept of a recorded episode: long episodes (Crafter's 10,000 steps) are cut to this.
 MAX_VIDEO_FRAMES = 1000
@@ -30,7 +30,7 @@ class Evaluator:
         torch.manual_seed(seed)
         self.env = make_env(env_name, seed=seed, slot=slot, **env_options)
         obs_spec, act_spec = specs_from_spaces(self.env.observation_space, self.env.action_space)
-        self.agent = Agent(obs_spec, act_spec, agent_config, device="cpu")
+        self.agent = PolicyAgent(obs_spec, act_spec, agent_config, device="cpu")
         self.image_key = obs_spec.image_keys[0] if obs_spec.image_keys else None
         self._video: np.ndarray | None = None
 

@@ -1,4 +1,4 @@
-"""Policies a collector can act with: the agent's policy step (with its recurrent state) or random.
+"""Policies a collector can act with: the policy agent's step (with its recurrent state) or random.
 
 Both take the envs to act for (`envs`, indices into the collector's envs; None: all of them in
 order), so that the asynchronous collector can ask for the envs that are ready while every env
@@ -10,13 +10,13 @@ import gymnasium
 import numpy as np
 import torch
 
-from learner.agent import Agent, PolicyState
+from learner.policy_agent import PolicyAgent, PolicyState
 
 
 class AgentPolicy:
-    """Batched `Agent.policy_step` over a collector's environments, keeping their recurrent states."""
+    """Batched `PolicyAgent.policy_step` over a collector's environments, keeping their recurrent states."""
 
-    def __init__(self, agent: Agent, greedy: bool = False, num_envs: int | None = None):
+    def __init__(self, agent: PolicyAgent, greedy: bool = False, num_envs: int | None = None):
         """`num_envs` is needed only to act for subsets of the envs (`envs` in a call)."""
         self.agent = agent
         self.greedy = greedy

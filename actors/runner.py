@@ -37,10 +37,10 @@ from actors.collector import Collector
 from actors.envs import default_collection, env_slot, make_env
 from actors.policy import AgentPolicy, RandomPolicy
 from actors.specs import specs_from_spaces
-from actors.streams import Chunk, Episode
-from learner.agent import Agent
+from actors.streams import Episode
 from learner.config import AgentConfig
-from replay import ChunkInsert
+from learner.policy_agent import PolicyAgent
+from replay import Chunk
 from replay import chunk_length as steps_of
 
 _MAX_BACKOFF_S = 5.0
@@ -81,7 +81,7 @@ class EnvRunner:
         obs_spec, act_spec = specs_from_spaces(envs[0].observation_space, envs[0].action_space)
         self.index = index
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts this actor
-        self.agent = Agent(obs_spec, act_spec, agent_config, device=device)
+        self.agent = PolicyAgent(obs_spec, act_spec, agent_config, device=device)
         self.collection = collection if collection != "auto" else default_collection(env_name)
         if self.collection == "async":
             self.collector: Collector | AsyncCollector = AsyncCollector(
@@ -217,16 +217,16 @@ class EnvRunner:
             if not batch:
                 continue
             try:
-                self._deliver([ChunkInsert(c.data, c.stream, c.chunk_id, c.weight_version) for c in batch])
+                self._deliver(batch)
             except Exception as error:  # a chunk the shards refuse (a bug): surfaced by run()
                 self._insert_error = repr(error)
                 return
 
-    def _deliver(self, inserts: list[ChunkInsert]) -> None:
+    def _deliver(self, inserts: list[Chunk]) -> None:
         """Keep the chunks until each is acknowledged: one limiter grant per chunk, then stores
         with back-off until a shard acknowledges. Returns early only if the limiter closed (the
         run is ending), for the chunks it did not grant."""
-        sizes = [steps_of(insert.chunk) for insert in inserts]
+        sizes = [steps_of(insert.data) for insert in inserts]
         granted, pending, backoff = 0, list[int](), self.retry_backoff
         while pending or granted < len(inserts):
             if pending:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from replay import Chunk
+
 StepRecord = dict[str, Any]  # obs, action, reward, is_first, is_last, is_terminal
 
 
@@ -28,14 +30,6 @@ class EnvFailure(RuntimeError):
 
 class EnvTimeout(RuntimeError):
     """An environment call (make, reset, step) ran past the step timeout."""
-
-
-@dataclass
-class Chunk:
-    data: dict[str, np.ndarray]
-    stream: str
-    chunk_id: str
-    weight_version: int
 
 
 @dataclass

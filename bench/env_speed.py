@@ -24,8 +24,8 @@ import ray
 from actors.envs import MissingDependencyError, make_env
 from actors.runner import EnvRunner
 from actors.specs import specs_from_spaces
-from learner.agent import Agent
 from learner.broadcast import make_weight_board
+from learner.policy_agent import PolicyAgent
 from learner.config import AgentConfig, ModelConfig
 from replay import ReplayService
 
@@ -84,7 +84,7 @@ def in_runner_speed(name: str, seconds: float, policy: str, chunk_length: int = 
         board = make_weight_board()
         if policy == "tiny":
             env = make_env(name, seed=0)
-            agent = Agent(*specs_from_spaces(env.observation_space, env.action_space), config, device="cpu")
+            agent = PolicyAgent(*specs_from_spaces(env.observation_space, env.action_space), config, device="cpu")
             env.close()
             ray.get(board.publish.remote(1, [ray.put(agent.policy_weights())]), timeout=600)
         runner = ray.remote(EnvRunner).options(num_cpus=0, max_concurrency=4).remote(  # stats while running

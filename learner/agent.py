@@ -1,15 +1,15 @@
-"""The agent API shared by both sides of the system.
+"""The training agent: world model, actor-critic and their optimisers.
 
-Runners call `policy_step` (CPU, batched over their environments) and load `policy_weights`;
-the learner calls `train_step` (CUDA when present) and publishes `policy_weights`. Weight sets
-are plain dicts of CPU tensors stamped with a version (the number of updates that made them), so
-they travel through Ray's object store and let everyone measure staleness.
+The learner calls `train_step` (CUDA when present) and publishes `policy_weights`; runners act
+with a `PolicyAgent` (learner/policy_agent.py), which loads them. This agent acts through a
+`PolicyAgent` over its own encoder, RSSM and actor, so what it publishes is exactly that agent's
+state: plain dicts of CPU tensors stamped with a version (the number of updates that made them),
+so they travel through Ray's object store and let everyone measure staleness.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,32 +17,11 @@ import torch
 from torch import Tensor
 
 from learner.behavior import ActorCritic
-from learner.compiler import compile_fn, compile_options, plan_compile, use_cache_dir
+from learner.compiler import compile_fn, compile_options, use_cache_dir
 from learner.config import AgentConfig
-from learner.precision import choose_precision
+from learner.policy_agent import PolicyAgent, PolicyNets, PolicyState, model_observations, new_cuda_graph_step, resolve_device
 from learner.spaces import ActionSpec, ObservationSpec
 from learner.world_model import WorldModel
-
-# The modules a runner needs to act; only these are broadcast.
-POLICY_MODULES = ("world_model.encoder", "world_model.rssm", "actor_critic.actor")
-
-
-@dataclass
-class PolicyState:
-    """Recurrent state per environment: model state and the last action taken (model form)."""
-
-    deter: Tensor
-    stoch: Tensor
-    action: Tensor
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"agent.device is {name!r} but no CUDA GPU is visible here: set agent.device=auto or cpu")
-    return device
 
 
 class Agent:
@@ -50,11 +29,15 @@ class Agent:
         self.config = config
         self.obs_spec, self.act_spec = obs_spec, act_spec
         self.device = resolve_device(device or config.device)
-        self.precision = choose_precision(config.precision, self.device, config.model.resolved()["deter"])
-        self.bf16 = self.precision.bf16
         self.world_model = WorldModel(obs_spec, act_spec, config).to(self.device)
         feat = [self.world_model.rssm.deter, self.world_model.rssm.latent_dim]
         self.actor_critic = ActorCritic(feat, act_spec, config).to(self.device)
+        # Acting, on these very modules: one code path, and what `policy_weights` publishes is
+        # this view's state. Precision and compile plan are decided once, there.
+        nets = PolicyNets(self.world_model.encoder, self.world_model.rssm, self.actor_critic.actor)
+        self.policy = PolicyAgent(obs_spec, act_spec, config, self.device, nets)
+        self.precision, self.compile_plan = self.policy.precision, self.policy.compile_plan
+        self.bf16 = self.precision.bf16
         wm, bh = config.world_model, config.behavior
         # fused: one kernel per step, and it can skip a non-finite step without a host sync
         fused = {"fused": True}
@@ -68,7 +51,6 @@ class Agent:
             **fused,
         )
         self._ac_params = [p for g in self.ac_opt.param_groups for p in g["params"]]
-        self.updates = 0
         # The last trained batch's per-sequence replay priorities [B] (float32, on the device; see
         # WorldModel.losses): reading them is a host sync, left to whoever sends them to the replay.
         self.last_priorities: Tensor | None = None
@@ -76,48 +58,31 @@ class Agent:
         # host: the total, the current run of consecutive skips and the longest run since
         # `read_nonfinite` last looked.
         self._nonfinite = torch.zeros(3, device=self.device)
-        # The hot functions, eager (the reference) or compiled: same code, same results.
-        self.compile_plan = plan_compile(config.compile, self.device, self.world_model.rssm.deter, bool(obs_spec.image_keys))
+        # The hot training functions, eager (the reference) or compiled: same code, same results.
         self.compile_seconds: float | None = None  # the first update's time, compiling included
-        self._act: Any = self._eager_act
-        if self.compile_plan.train or self.compile_plan.act:
-            use_cache_dir(config.compile_cache)
         if self.compile_plan.train:
+            use_cache_dir(config.compile_cache)
             self._compile_training()
-        if self.compile_plan.act:
-            self._act = compile_fn(self._eager_act, self.device)
+
+    @property
+    def updates(self) -> int:
+        """Updates made (or the version of the policy weights loaded): one counter with the policy's,
+        so published weights carry it."""
+        return self.policy.updates
+
+    @updates.setter
+    def updates(self, value: int) -> None:
+        self.policy.updates = value
 
     # ----------------------------------------------------------------- acting
     def initial_state(self, batch: int) -> PolicyState:
-        deter, stoch = self.world_model.rssm.initial(batch, self.device)
-        return PolicyState(deter, stoch, torch.zeros(batch, self.act_spec.model_dim, device=self.device))
+        return self.policy.initial_state(batch)
 
-    @torch.no_grad()
     def policy_step(
         self, obs: dict[str, np.ndarray], state: PolicyState | None, is_first: np.ndarray, greedy: bool = False
     ) -> tuple[np.ndarray, PolicyState]:
-        """Observations of N environments -> their next actions (environment form) and states.
-
-        `is_first[i]` resets environment i's state (a new episode began with this observation).
-        """
-        state = state or self.initial_state(len(is_first))
-        obs_t = self._observations({k: torch.as_tensor(obs[k]) for k in self.obs_spec.shapes})
-        keep = torch.as_tensor(~np.asarray(is_first, bool), device=self.device).float().unsqueeze(-1)
-        self._new_cuda_graph_step(self.compile_plan.act)
-        env_action, deter, stoch, action = self._act(obs_t, state.deter, state.stoch, state.action, keep, greedy)
-        if self.compile_plan.act and self.device.type == "cuda":  # CUDA graphs reuse their outputs' memory
-            deter, stoch, action = deter.clone(), stoch.clone(), action.clone()
-        return env_action.cpu().numpy(), PolicyState(deter, stoch, action)
-
-    def _eager_act(self, obs: dict[str, Tensor], deter: Tensor, stoch: Tensor, action: Tensor, keep: Tensor, greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        rssm = self.world_model.rssm
-        with self._autocast(acting=True):
-            embed = self.world_model.encoder(obs)
-            deter = rssm.recur(deter * keep, stoch * keep, rssm.in_action(action * keep))
-            stoch = rssm.dist(rssm.posterior_logits(deter, rssm.post_embed(embed))).sample()
-            dist = self.actor_critic.policy(deter, stoch)
-        action = dist.mode() if greedy else dist.sample()
-        return dist.to_env(action), deter.float(), stoch.float(), action
+        """`PolicyAgent.policy_step` with this agent's current weights."""
+        return self.policy.policy_step(obs, state, is_first, greedy)
 
     # --------------------------------------------------------------- learning
     def train_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -128,7 +93,7 @@ class Agent:
         per-sequence replay priorities are left, also on the device, in `last_priorities`.
         """
         started = time.perf_counter()
-        self._new_cuda_graph_step(self.compile_plan.train)
+        new_cuda_graph_step(self.compile_plan.train, self.device)
         data = self._to_device(batch)
         with self._autocast():
             wm_loss, metrics, posterior, priorities = self.world_model.loss_and_priority(data)
@@ -184,11 +149,6 @@ class Agent:
         ac.imagine_step = compile_fn(ac.imagine_step, self.device)
         ac.trajectory_loss = compile_fn(ac.trajectory_loss, self.device)
 
-    def _new_cuda_graph_step(self, compiled: bool) -> None:
-        """Tell CUDA graph trees that a new step begins: outputs of the last one may be reused."""
-        if compiled and self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-
     @staticmethod
     def _skip_if_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -> Tensor:
         """Make the fused optimizer skip its next step when the gradient is NaN/inf, on the device
@@ -199,16 +159,12 @@ class Agent:
 
     # ---------------------------------------------------------------- weights
     def policy_weights(self) -> dict[str, Any]:
-        """What runners need to act: {"version": updates, "state": {name: CPU tensor}}."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self._modules_state().items() if k.startswith(POLICY_MODULES)}
-        return {"version": self.updates, "state": state}
+        """What runners need to act: the state of this agent's policy view, which is exactly what
+        a `PolicyAgent` loads ({"version": updates, "state": {name: CPU tensor}})."""
+        return self.policy.policy_weights()
 
     def load_policy_weights(self, weights: dict[str, Any]) -> None:
-        modules = self._modules_state()
-        with torch.no_grad():
-            for name, value in weights["state"].items():
-                modules[name].copy_(value)
-        self.updates = int(weights["version"])
+        self.policy.load_policy_weights(weights)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training: models, optimisers, harmonizers, counters."""
@@ -227,20 +183,14 @@ class Agent:
         self.ac_opt.load_state_dict(state["ac_opt"])
         self.updates = int(state["updates"])
 
+
     def num_params(self) -> int:
         return sum(p.numel() for m in (self.world_model, self.actor_critic.actor, self.actor_critic.critic) for p in m.parameters())
 
     # ---------------------------------------------------------------- helpers
-    def _modules_state(self) -> dict[str, Tensor]:
-        return {
-            **{f"world_model.{k}": v for k, v in self.world_model.state_dict(keep_vars=True).items()},
-            **{f"actor_critic.{k}": v for k, v in self.actor_critic.state_dict(keep_vars=True).items()},
-        }
-
-    def _autocast(self, acting: bool = False) -> contextlib.AbstractContextManager:
-        """bf16 autocast when configured; on a CPU only for training: at acting batch sizes (a
-        runner's few envs) the casts cost more than they save, and acting took twice as long."""
-        if not self.bf16 or (acting and self.device.type == "cpu"):
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for training when configured (acting follows `PolicyAgent`'s rule)."""
+        if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -253,20 +203,13 @@ class Agent:
         data["reward"] = data["reward"].float()
         for key in ("is_first", "is_last", "is_terminal"):
             data[key] = data[key].bool()
-        return {**self._observations({k: self._host_tensor(batch[k]) for k in self.obs_spec.shapes}), **data}
+        obs = model_observations({k: self._host_tensor(batch[k]) for k in self.obs_spec.shapes}, self.obs_spec, self.device)
+        return {**obs, **data}
 
     def _host_tensor(self, value: Any) -> Tensor:
         tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
         # page-locked memory lets the copy to the GPU run without blocking the host
         return tensor.pin_memory() if self.device.type == "cuda" and tensor.device.type == "cpu" else tensor
-
-    def _observations(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Images stay uint8 (4x fewer bytes to move), vectors become float32."""
-        images = set(self.obs_spec.image_keys)
-        return {
-            k: v.to(self.device, non_blocking=True) if k in images else v.to(self.device, torch.float32, non_blocking=True)
-            for k, v in obs.items()
-        }
 
 
 def metrics_to_floats(metrics: dict[str, Tensor]) -> dict[str, float]:

@@ -67,15 +67,28 @@ class PolicyDist:
         return torch.cat([F.one_hot(i, n).float() for i, n in zip(picks, self.spec.sizes)], -1)
 
 
+class Actor(MLP):
+    """The policy network and its action distribution: trained inside ActorCritic, and all of the
+    behavior that a runner needs to act (learner/policy_agent.py). An MLP with no parameters of
+    its own, so its weights keep the MLP's names."""
+
+    def __init__(self, feat_dims: list[int], act_spec: ActionSpec, config: AgentConfig):
+        dims = config.model.resolved()
+        out = 2 * act_spec.model_dim if act_spec.kind == "continuous" else act_spec.model_dim
+        super().__init__(feat_dims, dims["hidden"], dims["layers"], out)
+        self.act_spec = act_spec
+        self.unimix, self.min_std, self.max_std = config.model.unimix, config.behavior.min_std, config.behavior.max_std
+
+    def dist(self, deter: Tensor, stoch: Tensor) -> PolicyDist:
+        return PolicyDist(self(deter, stoch), self.act_spec, self.unimix, self.min_std, self.max_std)
+
+
 class ActorCritic(nn.Module):
     def __init__(self, feat_dims: list[int], act_spec: ActionSpec, config: AgentConfig):
         super().__init__()
         dims = config.model.resolved()
         self.cfg = config.behavior
-        self.act_spec = act_spec
-        self.unimix = config.model.unimix
-        out = 2 * act_spec.model_dim if act_spec.kind == "continuous" else act_spec.model_dim
-        self.actor = MLP(feat_dims, dims["hidden"], dims["layers"], out)
+        self.actor = Actor(feat_dims, act_spec, config)
         self.critic = MLP(feat_dims, dims["hidden"], dims["layers"], config.model.reward_bins, zero_out=True)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.return_norm = ReturnNormalizer(self.cfg.return_norm_decay)
@@ -89,7 +102,7 @@ class ActorCritic(nn.Module):
         self.soft_continue = self.cfg.imagined_continue == "probability"
 
     def policy(self, deter: Tensor, stoch: Tensor) -> PolicyDist:
-        return PolicyDist(self.actor(deter, stoch), self.act_spec, self.unimix, self.cfg.min_std, self.cfg.max_std)
+        return self.actor.dist(deter, stoch)
 
     def loss(self, wm: WorldModel, start: Posterior, replay: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Imagine `horizon` steps from every posterior state and return actor + critic losses.

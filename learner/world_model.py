@@ -104,14 +104,27 @@ def _sum_squares(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).square().flatten(1).sum(-1)
 
 
+def build_encoder(obs_spec: ObservationSpec, config: AgentConfig) -> Encoder:
+    """The encoder at the configured size: one builder for the world model and the policy agent,
+    so that what the learner trains and what runners load are the same network."""
+    dims = config.model.resolved()
+    return Encoder(obs_spec, dims["hidden"], dims["layers"], dims["cnn_depth"])
+
+
+def build_rssm(embed_dim: int, act_spec: ActionSpec, config: AgentConfig) -> RSSM:
+    """The RSSM at the configured size (shared by the world model and the policy agent)."""
+    dims = config.model.resolved()
+    return RSSM(embed_dim, act_spec.model_dim, dims["deter"], dims["hidden"], dims["stoch"], dims["classes"], config.model.unimix)
+
+
 class WorldModel(nn.Module):
     def __init__(self, obs_spec: ObservationSpec, act_spec: ActionSpec, config: AgentConfig):
         super().__init__()
         dims = config.model.resolved()
         self.config = config
         self.act_spec = act_spec
-        self.encoder = Encoder(obs_spec, dims["hidden"], dims["layers"], dims["cnn_depth"])
-        self.rssm = RSSM(self.encoder.out_dim, act_spec.model_dim, dims["deter"], dims["hidden"], dims["stoch"], dims["classes"], config.model.unimix)
+        self.encoder = build_encoder(obs_spec, config)
+        self.rssm = build_rssm(self.encoder.out_dim, act_spec, config)
         feat = [dims["deter"], self.rssm.latent_dim]
         self.decoder = Decoder(obs_spec, feat, dims["hidden"], dims["layers"], dims["cnn_depth"])
         self.reward_head = MLP(feat, dims["hidden"], dims["layers"], config.model.reward_bins, zero_out=True)

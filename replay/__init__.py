@@ -2,18 +2,20 @@
 
 Knows chunks and batches of numpy arrays only, never models or environments.
 """
-from replay.persistence import ChunkFiles, StoredChunk
+from replay.chunk import Chunk, ChunkData
+from replay.persistence import ChunkFiles
 from replay.rate_limiter import SamplesPerInsertLimiter, check_limits, make_limiter_actor, min_tolerance
-from replay.service import ReplayService, Sampler
-from replay.shard import ChunkInsert, InsertAck, ReplayShard, ShardSample, make_shard_actor
-from replay.storage import SAMPLING_MODES, Batch, Chunk, ReplayStorage, chunk_length
+from replay.sampler import Sampler
+from replay.service import ReplayService
+from replay.shard import InsertAck, ReplayShard, ShardSample, make_shard_actor
+from replay.storage import SAMPLING_MODES, Batch, ReplayStorage, chunk_length
 
 __all__ = [
     "SAMPLING_MODES",
     "Batch",
     "Chunk",
+    "ChunkData",
     "ChunkFiles",
-    "ChunkInsert",
     "InsertAck",
     "ReplayService",
     "ReplayShard",
@@ -21,7 +23,6 @@ __all__ = [
     "Sampler",
     "SamplesPerInsertLimiter",
     "ShardSample",
-    "StoredChunk",
     "check_limits",
     "chunk_length",
     "make_limiter_actor",

@@ -11,27 +11,17 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from replay.storage import Chunk, chunk_length
+from replay.chunk import Chunk
+from replay.storage import chunk_length
 
 _META = "__meta__"  # prefix of metadata entries inside a chunk file, never a chunk key
 _NAME = re.compile(r"^(\d{12})-.*\.npz$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
-
-
-@dataclass(frozen=True)
-class StoredChunk:
-    """A chunk read back from disk with the metadata it was inserted with."""
-
-    chunk_id: str
-    stream: str
-    weight_version: int
-    chunk: Chunk
 
 
 class ChunkFiles:
@@ -48,33 +38,30 @@ class ChunkFiles:
         self.corrupt: list[str] = []
         self._next_seqno = self._on_disk[-1][0] + 1 if self._on_disk else 0
 
-    def write(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int, first_key: int) -> None:
-        """Durably write a chunk under the next seqno (first_key: the storage key of its first step)."""
-        self.write_many([StoredChunk(chunk_id, stream, weight_version, chunk)], [first_key])
-
-    def write_many(self, chunks: Sequence[StoredChunk], first_keys: Sequence[int]) -> None:
-        """Durably write chunks under consecutive seqnos: each file is fsynced, the directory once."""
-        for stored in chunks:
-            if any(name.startswith(_META) for name in stored.chunk):
+    def write_many(self, chunks: Sequence[Chunk], first_keys: Sequence[int]) -> None:
+        """Durably write chunks under consecutive seqnos (first_keys: the storage key of each one's
+        first step): each file is fsynced, the directory once."""
+        for chunk in chunks:
+            if any(name.startswith(_META) for name in chunk.data):
                 raise ValueError(f"chunk keys may not start with {_META!r}")
-        for stored, first_key in zip(chunks, first_keys, strict=True):
+        for chunk, first_key in zip(chunks, first_keys, strict=True):
             seqno = self._next_seqno
-            path = self._directory / f"{seqno:012d}-{_UNSAFE.sub('_', stored.chunk_id)}.npz"
+            path = self._directory / f"{seqno:012d}-{_UNSAFE.sub('_', chunk.chunk_id)}.npz"
             tmp = self._directory / f".{path.name}.tmp"
             meta = {
-                "chunk_id": stored.chunk_id,
-                "stream": stored.stream,
-                "weight_version": stored.weight_version,
+                "chunk_id": chunk.chunk_id,
+                "stream": chunk.stream,
+                "weight_version": chunk.weight_version,
                 "first_key": int(first_key),
-                "num_steps": chunk_length(stored.chunk),
+                "num_steps": chunk_length(chunk.data),
             }
             with open(tmp, "wb") as f:
-                np.savez(f, **stored.chunk, **{_META + k: np.asarray(v) for k, v in meta.items()})
+                np.savez(f, **chunk.data, **{_META + k: np.asarray(v) for k, v in meta.items()})
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             self._next_seqno = seqno + 1
-            self._paths[stored.chunk_id] = path
+            self._paths[chunk.chunk_id] = path
         if chunks:
             self._fsync_directory()
 
@@ -92,7 +79,7 @@ class ChunkFiles:
                 continue
         return 0
 
-    def replay(self, accept: Callable[[StoredChunk], None]) -> int:
+    def replay(self, accept: Callable[[Chunk], None]) -> int:
         """Feed the chunks on disk at construction to accept, oldest first; returns how many it took.
 
         Files that cannot be read, or that accept rejects with ValueError (e.g. written under another
@@ -122,16 +109,16 @@ class ChunkFiles:
             os.close(fd)
 
 
-def _read(path: Path) -> StoredChunk:
+def _read(path: Path) -> Chunk:
     """Read every member fully, so truncation and CRC errors surface here, not later."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {name: z[name] for name in z.files}
     meta = {name[len(_META) :]: arrays.pop(name) for name in list(arrays) if name.startswith(_META)}
     if chunk_length(arrays) != int(meta["num_steps"]):
         raise ValueError(f"{path.name}: arrays do not hold the recorded number of steps")
-    return StoredChunk(
-        chunk_id=str(meta["chunk_id"]),
+    return Chunk(
+        data=arrays,
         stream=str(meta["stream"]),
+        chunk_id=str(meta["chunk_id"]),
         weight_version=int(meta["weight_version"]),
-        chunk=arrays,
     )

@@ -1,4 +1,5 @@
-"""Client of the sharded replay: sticky inserts, stratified parallel sampling, and a prefetching sampler.
+"""Client of the sharded replay: sticky inserts and stratified parallel sampling (the prefetching
+Sampler built on its public sampling calls is in replay/sampler.py).
 
 A ``ReplayService`` is a small picklable object (actor handles plus a little routing state); the
 driver creates it and passes copies to the runners and the learner. Each stream is pinned to one
@@ -18,29 +19,24 @@ is at-least-once, never lossy, for acknowledged chunks.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import ray
 
+from replay.chunk import Chunk, ChunkData
 from replay.health import MAX_BACKOFF_S, ShardHealth
-from replay.shard import ChunkInsert, InsertAck, ShardSample, make_shard_actor
-from replay.storage import WEIGHT_VERSION, Batch, Chunk, chunk_length
+from replay.sampler import Sampler
+from replay.shard import InsertAck, ShardSample, make_shard_actor
+from replay.storage import WEIGHT_VERSION, Batch, chunk_length
 
 _SHARD_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
 _KEY_SHARD_SHIFT = 48  # service-level priority keys carry the shard index above a shard's own step key
 _GRANT_POLL_S = 1.0  # a runner's wait for the limiter, in bounded calls
-_READY_GET_S = 60.0  # fetching a result already known to be ready (only its transfer is left)
-_NO_DATA_WAIT_S = 0.05
-_POLL_S = 0.1  # how often blocked Sampler calls look at the stop flag
-_END = object()  # queued by the Sampler's thread when it stops
 _SUMMED_STATS = ("size", "capacity", "num_chunks", "nbytes", "inserted_steps", "sampled_steps")
 
 
@@ -49,8 +45,9 @@ class ReplayUnavailable(RuntimeError):
 
 
 @dataclass
-class _Request:
-    """A batch being fetched: one in-flight ``sample_part`` call per live shard."""
+class SampleRequest:
+    """A batch being fetched, from ``submit_sample``: callers may read its shape and with_keys;
+    ``parts`` (one in-flight ``sample_part`` call per live shard) is for ``collect_sample``."""
 
     batch_size: int
     seq_len: int
@@ -107,7 +104,8 @@ class ReplayService:
         """Start num_shards shard actors in ``<root>/shard_<i>``, splitting capacity (total steps) evenly.
 
         recency_half_life is in total steps; each shard sees about 1/num_shards of them, so it
-        applies recency_half_life / num_shards of its own steps.
+        applies recency_half_life / num_shards of its own steps. priority_alpha is the exponent that
+        'priority' mode raises priorities to (0: uniform, 1: proportional; DreamerV3 uses 0.6).
         """
         if not 1 <= num_shards <= capacity:
             raise ValueError(f"need 1 <= num_shards <= capacity, got {num_shards} and {capacity}")
@@ -143,35 +141,33 @@ class ReplayService:
         """The shard that holds a stream; the same in every process (CRC32, unlike the salted hash())."""
         return zlib.crc32(stream.encode()) % len(self._shards)
 
-    def insert(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int) -> InsertAck | None:
+    def insert(self, data: ChunkData, stream: str, chunk_id: str, weight_version: int) -> InsertAck | None:
         """Wait for the limiter, then return once the stream's shard has durably stored the chunk.
 
         Returns None without inserting when the limiter is closed (shutdown). Raises if the shard
         stays unreachable for insert_retry_s.
         """
-        return self.insert_many([ChunkInsert(chunk, stream, chunk_id, weight_version)])[0]
+        return self.insert_many([Chunk(data, stream, chunk_id, weight_version)])[0]
 
-    def insert_many(self, items: Sequence[tuple[Chunk, str, str, int]]) -> list[InsertAck | None]:
-        """Insert (chunk, stream, chunk_id, weight_version) items with one limiter call and one call
-        per shard they go to, where each alone would take two calls; returns once every granted
-        chunk is durable.
+    def insert_many(self, chunks: Sequence[Chunk]) -> list[InsertAck | None]:
+        """Insert chunks with one limiter call and one call per shard they go to, where each alone
+        would take two calls; returns once every granted chunk is durable, acks in the chunks' order.
 
         The limiter grants a prefix of the chunks at a time (each judged as its own insert); the
         rest wait for the next grant. Chunks still waiting when the limiter closes get None.
         Unacknowledged chunks are stored again with back-off; ReplayUnavailable if some chunk is
         still not acknowledged after insert_retry_s.
         """
-        inserts = [ChunkInsert._make(item) for item in items]
-        acks: list[InsertAck | None] = [None] * len(inserts)
+        acks: list[InsertAck | None] = [None] * len(chunks)
         done = 0
-        while done < len(inserts):
-            granted = self.grant_inserts([chunk_length(insert.chunk) for insert in inserts[done:]])
+        while done < len(chunks):
+            granted = self.grant_inserts([chunk_length(chunk.data) for chunk in chunks[done:]])
             if granted == 0:
                 break
             todo = list(range(done, done + granted))
             deadline, backoff = time.monotonic() + self._insert_retry_s, self._retry_backoff_s
             while todo:
-                for i, ack in zip(todo, self.store([inserts[i] for i in todo])):
+                for i, ack in zip(todo, self.store([chunks[i] for i in todo])):
                     acks[i] = ack
                 todo = [i for i in todo if acks[i] is None]
                 if todo and time.monotonic() + backoff > deadline:
@@ -190,23 +186,23 @@ class ReplayService:
             return len(sizes)
         return self._until_granted(lambda wait_s: self._limiter.acquire_inserts.remote(list(sizes), wait_s))
 
-    def store(self, inserts: Sequence[ChunkInsert]) -> list[InsertAck | None]:
+    def store(self, chunks: Sequence[Chunk]) -> list[InsertAck | None]:
         """One attempt to make granted chunks durable (the limiter is not asked again): one call per
         shard, all in flight at once, each waited for at most call_timeout_s. A chunk goes to its
         stream's shard, or, while that one is out of rotation, to another live shard; chunks of a
         shard that fails or times out get one more try on another live shard. Returns an ack per
         chunk, None where none came: store those again (inserts are idempotent by chunk id)."""
-        acks: list[InsertAck | None] = [None] * len(inserts)
-        todo, tried = list(range(len(inserts))), set[int]()
+        acks: list[InsertAck | None] = [None] * len(chunks)
+        todo, tried = list(range(len(chunks))), set[int]()
         while todo:
             live = [s for s in self._health.live() if s not in tried] or [s for s in range(len(self._shards)) if s not in tried]
             if not live:
                 break
             by_shard: dict[int, list[int]] = {}
             for i in todo:
-                by_shard.setdefault(self._target(inserts[i].stream, live), []).append(i)
+                by_shard.setdefault(self._target(chunks[i].stream, live), []).append(i)
             # passed by value: Ray inlines small chunks in the call instead of a store round trip
-            refs = {shard: self._shards[shard].insert_many.remote([self._routed(inserts[i], shard) for i in rows]) for shard, rows in by_shard.items()}
+            refs = {shard: self._shards[shard].insert_many.remote([self._routed(chunks[i], shard) for i in rows]) for shard, rows in by_shard.items()}
             deadline = time.monotonic() + self._call_timeout_s
             for shard, ref in refs.items():
                 try:
@@ -227,16 +223,16 @@ class ReplayService:
         home = self.shard_for(stream)
         return min(live, key=lambda s: (s - home) % len(self._shards))
 
-    def _routed(self, insert: ChunkInsert, shard: int) -> ChunkInsert:
-        """The insert as stored on `shard`: a stream that changes shards starts a new segment there."""
-        home = self.shard_for(insert.stream)
-        last, segment = self._segments.get(insert.stream, (home, 0))
+    def _routed(self, chunk: Chunk, shard: int) -> Chunk:
+        """The chunk as stored on `shard`: a stream that changes shards starts a new segment there."""
+        home = self.shard_for(chunk.stream)
+        last, segment = self._segments.get(chunk.stream, (home, 0))
         if shard != last:
             segment += 1
-            self._segments[insert.stream] = (shard, segment)
+            self._segments[chunk.stream] = (shard, segment)
         if shard != home:
             self.rerouted_chunks += 1
-        return insert if segment == 0 else insert._replace(stream=f"{insert.stream}#{segment}")
+        return chunk if segment == 0 else replace(chunk, stream=f"{chunk.stream}#{segment}")
 
     def sample(self, batch_size: int, seq_len: int) -> Batch | None:
         """Wait for the limiter, then a stratified [B, T] batch; None if the limiter is closed or no
@@ -250,7 +246,61 @@ class ReplayService:
         return self._sample(batch_size, seq_len, with_keys=True)
 
     def sampler(self, batch_size: int, seq_len: int, prefetch: int = 2, with_keys: bool = False) -> Sampler:
+        """A prefetching iterator of batches (replay/sampler.py), the learner's way to sample."""
         return Sampler(self, batch_size, seq_len, prefetch, with_keys)
+
+    def request_sample_grant(self, n_steps: int) -> ray.ObjectRef | bool:
+        """Ask the limiter for a sample of n_steps without waiting: True at once when there is no
+        limiter, else a ref that answers True once granted (the steps then count as sampled) or
+        False once the limiter is closed. The request waits at the limiter without bound;
+        ray.cancel on the ref withdraws it while it still waits."""
+        return True if self._limiter is None else self._limiter.acquire_sample.remote(n_steps)
+
+    def submit_sample(self, batch_size: int, seq_len: int, with_keys: bool = False) -> SampleRequest:
+        """Send the shard calls of one [B, T] batch and return without waiting; the limiter is not
+        asked (the caller holds a grant). The batch is split over live shards by their last reported
+        sequence counts, and every live shard gets a call, even for zero rows, so its count stays fresh."""
+        live = np.array(self._health.live() or range(len(self._shards)))
+        if seq_len != self._sequences_len or self._sequences[live].sum() == 0:
+            self._refresh_sequences(live, seq_len)
+        counts = _split(batch_size, self._sequences[live], self._rng)
+        parts = [
+            (i, self._shards[i].sample_part.remote(int(c), seq_len, with_keys))
+            for i, c in zip(live.tolist(), counts)
+        ]
+        return SampleRequest(batch_size, seq_len, with_keys, parts)
+
+    def collect_sample(self, request: SampleRequest) -> tuple[Batch, np.ndarray | None] | None:
+        """Wait for a submitted batch, each round of shard calls at most call_timeout_s; rows of shards
+        that fail are drawn again from shards that answered. Returns (batch, int64 [B] keys for
+        update_priorities, or None unless the request asked for keys), or None when no live shard
+        holds seq_len consecutive steps of a stream (the grant is not returned: submit again)."""
+        pieces: list[tuple[int, ShardSample]] = []
+        missing = request.batch_size
+        failed: set[int] = set()
+        parts = request.parts
+        while True:
+            deadline = time.monotonic() + self._call_timeout_s
+            for i, ref in parts:
+                part = self._result(i, ref, deadline)
+                if part is None:
+                    failed.add(i)
+                    continue
+                self._sequences[i] = part.num_sequences
+                if part.batch is not None:
+                    pieces.append((i, part))
+                    missing -= len(part.batch[WEIGHT_VERSION])
+            if missing == 0:
+                return _concat(pieces, request.with_keys)
+            donors = np.array([i for i, _ in parts if i not in failed and self._sequences[i] > 0], int)
+            if donors.size == 0:
+                return None
+            counts = _split(missing, self._sequences[donors], self._rng)
+            parts = [
+                (i, self._shards[i].sample_part.remote(int(c), request.seq_len, request.with_keys))
+                for i, c in zip(donors.tolist(), counts)
+                if c
+            ]
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
         """Route priorities to the shards that produced the keys; a shard that is down misses them
@@ -302,7 +352,7 @@ class ReplayService:
     ) -> tuple[Batch, np.ndarray | None] | None:
         if not self._acquire_sample(batch_size * seq_len):
             return None
-        return self._collect(self._submit(batch_size, seq_len, with_keys))
+        return self.collect_sample(self.submit_sample(batch_size, seq_len, with_keys))
 
     def _acquire_sample(self, n_steps: int) -> bool:
         """Wait, in bounded calls, until the limiter grants a sample of n_steps; False once it is closed."""
@@ -318,23 +368,6 @@ class ReplayService:
             if answer or ray.get(self._limiter.is_closed.remote(), timeout=self._call_timeout_s):
                 return answer
 
-    def _request_grant(self, n_steps: int) -> ray.ObjectRef | bool:
-        return True if self._limiter is None else self._limiter.acquire_sample.remote(n_steps)
-
-    def _submit(self, batch_size: int, seq_len: int, with_keys: bool) -> _Request:
-        """Split the batch over live shards by their last reported sequence counts and send the calls.
-
-        Every live shard gets a call, even for zero rows, so its count stays fresh."""
-        live = np.array(self._health.live() or range(len(self._shards)))
-        if seq_len != self._sequences_len or self._sequences[live].sum() == 0:
-            self._refresh_sequences(live, seq_len)
-        counts = _split(batch_size, self._sequences[live], self._rng)
-        parts = [
-            (i, self._shards[i].sample_part.remote(int(c), seq_len, with_keys))
-            for i, c in zip(live.tolist(), counts)
-        ]
-        return _Request(batch_size, seq_len, with_keys, parts)
-
     def _refresh_sequences(self, shards: np.ndarray, seq_len: int) -> None:
         refs = [(i, self._shards[i].num_sequences.remote(seq_len)) for i in shards.tolist()]
         self._sequences[:] = 0
@@ -344,35 +377,6 @@ class ReplayService:
                 self._sequences[i] = ray.get(ref, timeout=self._call_timeout_s)
             except _SHARD_ERRORS:
                 self._health.mark_down(i)
-
-    def _collect(self, request: _Request) -> tuple[Batch, np.ndarray | None] | None:
-        """Gather a request's parts; rows of failed shards are re-drawn from shards that answered."""
-        pieces: list[tuple[int, ShardSample]] = []
-        missing = request.batch_size
-        failed: set[int] = set()
-        parts = request.parts
-        while True:
-            deadline = time.monotonic() + self._call_timeout_s
-            for i, ref in parts:
-                part = self._result(i, ref, deadline)
-                if part is None:
-                    failed.add(i)
-                    continue
-                self._sequences[i] = part.num_sequences
-                if part.batch is not None:
-                    pieces.append((i, part))
-                    missing -= len(part.batch[WEIGHT_VERSION])
-            if missing == 0:
-                return _concat(pieces, request.with_keys)
-            donors = np.array([i for i, _ in parts if i not in failed and self._sequences[i] > 0], int)
-            if donors.size == 0:
-                return None
-            counts = _split(missing, self._sequences[donors], self._rng)
-            parts = [
-                (i, self._shards[i].sample_part.remote(int(c), request.seq_len, request.with_keys))
-                for i, c in zip(donors.tolist(), counts)
-                if c
-            ]
 
     def _result(self, shard: int, ref: ray.ObjectRef, deadline: float) -> ShardSample | None:
         """A shard's part, or None if it failed, timed out, or (for a part requested earlier) left
@@ -385,155 +389,6 @@ class ReplayService:
             self._health.mark_down(shard)
             return None
         return part
-
-
-class Sampler:
-    """Iterator of batches prepared by a background thread, so next() returns at once whenever the
-    replay ratio allows another batch: the thread keeps ``prefetch`` requests in flight (waiting for a
-    limiter grant, or at the shards) plus one finished batch, and its RPCs and concatenation overlap
-    with the learner's GPU work.
-
-    Yields batches, or (batch, keys) with with_keys. Stops when the limiter is closed or after
-    close(); an error in the thread is raised by the next call. Grants still unused at close() are
-    counted as sampled by the limiter.
-    """
-
-    def __init__(
-        self,
-        service: ReplayService,
-        batch_size: int,
-        seq_len: int,
-        prefetch: int = 2,
-        with_keys: bool = False,
-    ) -> None:
-        self._pipeline = _Pipeline(service, batch_size, seq_len, prefetch, with_keys)
-        self._ready: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replay-sampler", daemon=True)
-        self._thread.start()
-
-    def __iter__(self) -> Sampler:
-        return self
-
-    @property
-    def in_flight(self) -> int:
-        """Requests waiting for a grant or at the shards (the ready batch not included)."""
-        return self._pipeline.in_flight
-
-    def __next__(self) -> Batch | tuple[Batch, np.ndarray]:
-        while not self._stop.is_set():
-            try:
-                item = self._ready.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if item is _END or isinstance(item, BaseException):
-                self._stop.set()
-                if item is _END:
-                    break
-                raise item
-            return item
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the thread and cancel the grant requests still waiting at the limiter."""
-        self._stop.set()
-        self._pipeline.cancel()  # unblocks a thread waiting for a grant
-        self._thread.join()
-        self._pipeline.cancel()  # and whatever it requested meanwhile
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                result = self._pipeline.next()
-                if result is None:
-                    break
-                self._put(result if self._pipeline.with_keys else result[0])
-        except BaseException as error:  # handed to the learner, not lost with the thread
-            self._put(error)
-            return
-        self._put(_END)
-
-    def _put(self, item: Any) -> None:
-        while not self._stop.is_set():
-            try:
-                self._ready.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-
-
-class _Pipeline:
-    """Single-threaded core of Sampler: requests pass from limiter grant to shard calls to a batch.
-
-    Only granted requests are sent to the shards, so shard calls never queue behind a learner that
-    has to wait for the ratio.
-    """
-
-    def __init__(
-        self, service: ReplayService, batch_size: int, seq_len: int, prefetch: int, with_keys: bool
-    ) -> None:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
-        self._service = service
-        self._batch_size = batch_size
-        self._seq_len = seq_len
-        self._prefetch = prefetch
-        self.with_keys = with_keys
-        self._grants: deque[ray.ObjectRef | bool] = deque()
-        self._requests: deque[_Request] = deque()
-        self._closed = False
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._grants) + len(self._requests)
-
-    def next(self) -> tuple[Batch, np.ndarray | None] | None:
-        """The oldest request's batch, waiting for its grant and, if no shard holds a full sequence
-        yet, for data (under the same grant, so waiting does not count as sampling); None once closed."""
-        self._advance(block=not self._requests)
-        if not self._requests:
-            return None
-        request = self._requests.popleft()
-        self._advance(block=False)  # back to prefetch requests while this one is collected
-        result = self._service._collect(request)
-        while result is None and not self._closed:
-            time.sleep(_NO_DATA_WAIT_S)
-            retry = self._service._submit(request.batch_size, request.seq_len, request.with_keys)
-            result = self._service._collect(retry)
-        return result
-
-    def cancel(self) -> None:
-        self._closed = True
-        for grant in list(self._grants):
-            if isinstance(grant, ray.ObjectRef):
-                ray.cancel(grant)
-
-    def _advance(self, block: bool) -> None:
-        """Top up to prefetch requests, then send granted ones to the shards; with block, first wait
-        for the oldest grant, in short polls so that cancel() from another thread is noticed."""
-        while not self._closed and self.in_flight < self._prefetch:
-            self._grants.append(self._service._request_grant(self._batch_size * self._seq_len))
-        while self._grants and not self._closed:
-            if not _done(self._grants[0], _POLL_S if block else 0.0):
-                if block:
-                    continue
-                return
-            block = False
-            if not _granted(self._grants.popleft()):
-                self._closed = True  # the limiter was closed
-                self._grants.clear()
-                self._requests.clear()
-                return
-            self._requests.append(self._service._submit(self._batch_size, self._seq_len, self.with_keys))
-
-
-def _done(grant: ray.ObjectRef | bool, timeout: float) -> bool:
-    return not isinstance(grant, ray.ObjectRef) or bool(ray.wait([grant], timeout=timeout)[0])
-
-
-def _granted(grant: ray.ObjectRef | bool) -> bool:
-    """The answer of a grant request that `_done` found ready."""
-    return grant if isinstance(grant, bool) else bool(ray.get(grant, timeout=_READY_GET_S))
 
 
 def _split(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import ray
 
-from replay.persistence import ChunkFiles, StoredChunk
-from replay.storage import Batch, Chunk, ReplayStorage, check_same_schema
-
-
-class ChunkInsert(NamedTuple):
-    """One chunk to insert, with where it belongs: its stream, its id, the weights that made it."""
-
-    chunk: Chunk
-    stream: str
-    chunk_id: str
-    weight_version: int
+from replay.chunk import Chunk, ChunkData
+from replay.persistence import ChunkFiles
+from replay.storage import Batch, ReplayStorage, check_same_schema
 
 
 @dataclass(frozen=True)
@@ -60,6 +52,8 @@ class ReplayShard:
         priority_alpha: float = 0.6,
         seed: int | None = None,
     ) -> None:
+        """recency_half_life is in this shard's steps (default: a quarter of its capacity); new and
+        updated priorities are raised to priority_alpha (0: uniform, 1: proportional) in 'priority' mode."""
         self._index = index
         self._files = ChunkFiles(directory)
         self._storage = ReplayStorage(
@@ -72,28 +66,28 @@ class ReplayShard:
         self._rng = np.random.default_rng(seed)
         self._inserted_steps = 0
         self._sampled_steps = 0
-        self._reloaded_chunks = self._files.replay(self._reload)
+        self._reloaded_chunks = self._files.replay(self._add)
 
-    def insert(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int) -> InsertAck:
+    def insert(self, data: ChunkData, stream: str, chunk_id: str, weight_version: int) -> InsertAck:
         """Persist, then store, a chunk; a chunk id already stored is acknowledged again, not duplicated."""
-        return self.insert_many([ChunkInsert(chunk, stream, chunk_id, weight_version)])[0]
+        return self.insert_many([Chunk(data, stream, chunk_id, weight_version)])[0]
 
-    def insert_many(self, inserts: Sequence[ChunkInsert]) -> list[InsertAck]:
+    def insert_many(self, chunks: Sequence[Chunk]) -> list[InsertAck]:
         """Persist, then store, chunks in order (one directory sync for all); ids already stored are
         acknowledged again, not duplicated. All are checked before any is written, so a bad chunk
         fails the whole call and stores nothing."""
-        new: dict[str, StoredChunk] = {}
-        for chunk, stream, chunk_id, weight_version in inserts:
-            if chunk_id not in self._storage and chunk_id not in new:
-                new[chunk_id] = StoredChunk(chunk_id, stream, int(weight_version), chunk)
-        lengths = [self._storage.validate(s.chunk, s.chunk_id) for s in new.values()]
-        check_same_schema([s.chunk for s in new.values()])
+        new: dict[str, Chunk] = {}
+        for chunk in chunks:
+            if chunk.chunk_id not in self._storage and chunk.chunk_id not in new:
+                new[chunk.chunk_id] = replace(chunk, weight_version=int(chunk.weight_version))
+        lengths = [self._storage.validate(c.data, c.chunk_id) for c in new.values()]
+        check_same_schema([c.data for c in new.values()])
         first_keys = self._storage.next_key + np.cumsum([0, *lengths])[:-1]
         self._files.write_many(list(new.values()), first_keys)
-        for stored, n in zip(new.values(), lengths):
-            self._add(stored.chunk, stored.stream, stored.chunk_id, stored.weight_version)
+        for chunk, n in zip(new.values(), lengths):
+            self._add(chunk)
             self._inserted_steps += n
-        return [InsertAck(insert.chunk_id, self._index, self._storage.size) for insert in inserts]
+        return [InsertAck(chunk.chunk_id, self._index, self._storage.size) for chunk in chunks]
 
     def sample(self, batch_size: int, seq_len: int) -> Batch | None:
         """A [B, T] batch from this shard, or None while no stream holds seq_len steps."""
@@ -137,11 +131,8 @@ class ReplayShard:
             "corrupt_files": list(self._files.corrupt),
         }
 
-    def _reload(self, stored: StoredChunk) -> None:
-        self._add(stored.chunk, stored.stream, stored.chunk_id, stored.weight_version)
-
-    def _add(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int) -> None:
-        for evicted in self._storage.add(chunk, stream, chunk_id, weight_version):
+    def _add(self, chunk: Chunk) -> None:
+        for evicted in self._storage.add(chunk.data, chunk.stream, chunk.chunk_id, chunk.weight_version):
             self._files.delete(evicted)
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from replay.chunk import ChunkData
 from replay.sum_tree import SumTree
 
-Chunk = dict[str, np.ndarray]
 Batch = dict[str, np.ndarray]
 
 SAMPLING_MODES = ("uniform", "recency", "priority")
@@ -28,7 +28,7 @@ _REJECTION_ROUNDS = 4  # proposal rounds before the exact O(size) draw takes the
 _MIN_PRIORITY = 1e-6  # keeps every stored start reachable, and the sum tree's total positive
 
 
-def chunk_length(chunk: Chunk) -> int:
+def chunk_length(chunk: ChunkData) -> int:
     """The leading length every array of a chunk shares; ValueError if there is none."""
     lengths = {name: (np.shape(array)[:1] or (0,))[0] for name, array in chunk.items()}
     if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
@@ -36,7 +36,7 @@ def chunk_length(chunk: Chunk) -> int:
     return next(iter(lengths.values()))
 
 
-def check_same_schema(chunks: Sequence[Chunk]) -> None:
+def check_same_schema(chunks: Sequence[ChunkData]) -> None:
     """ValueError unless the chunks share keys, dtypes and trailing shapes (what storage checks
     against what it holds, applied within a batch that arrives before storage holds anything)."""
     schemas = [{name: (np.asarray(a).dtype, np.shape(a)[1:]) for name, a in chunk.items()} for chunk in chunks]
@@ -168,7 +168,7 @@ class ReplayStorage:
         """Number of valid start positions for sequences of seq_len steps."""
         return int(np.maximum(self._streams.length - seq_len + 1, 0).sum())
 
-    def validate(self, chunk: Chunk, chunk_id: str) -> int:
+    def validate(self, chunk: ChunkData, chunk_id: str) -> int:
         """Check a chunk fits this storage (keys, dtypes, trailing shapes, new id); returns its length."""
         n = chunk_length(chunk)
         if n > self._capacity:
@@ -188,7 +188,7 @@ class ReplayStorage:
                 )
         return n
 
-    def add(self, chunk: Chunk, stream: str, chunk_id: str, weight_version: int) -> list[str]:
+    def add(self, chunk: ChunkData, stream: str, chunk_id: str, weight_version: int) -> list[str]:
         """Append a chunk after the previous chunk of its stream; returns evicted chunk ids, oldest first."""
         n = self.validate(chunk, chunk_id)
         if not self._data:

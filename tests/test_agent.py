@@ -198,7 +198,8 @@ def test_policy_weights_travel_with_version():
         learner.train_step(batch)
     weights = learner.policy_weights()
     assert weights["version"] == 3
-    assert all(k.startswith(("world_model.encoder", "world_model.rssm", "actor_critic.actor")) for k in weights["state"])
+    assert weights["state"].keys() == runner.policy.nets.state_dict().keys()
+    assert all(k.startswith(("encoder.", "rssm.", "actor.")) for k in weights["state"])
     assert all(v.device.type == "cpu" for v in weights["state"].values())
     runner.load_policy_weights(weights)
     obs = {k: batch[k][:, 0] for k in learner.obs_spec.shapes}

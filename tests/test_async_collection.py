@@ -16,10 +16,11 @@ from actors.async_collector import AsyncCollector
 from actors.collector import Collector
 from actors.envs import make_env
 from actors.policy import AgentPolicy
-from actors.streams import Chunk, EnvFailure
+from actors.streams import EnvFailure
 from learner.agent import Agent, PolicyState
 from learner.config import AgentConfig, ModelConfig
 from learner.spaces import ActionSpec, ObservationSpec
+from replay import Chunk
 
 CHUNK = 8
 

@@ -52,9 +52,9 @@ def collect(root: Path, env_name: str, options: dict[str, Any], steps: int, num_
     ChunkFiles(root / "shard_0").replay(stored.append)
     pieces: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
     for item in stored:
-        pieces[item.stream].append(item.chunk)
+        pieces[item.stream].append(item.data)
     assert len(stored) == stats["chunks_inserted"] and len(stored) >= 2
-    check_chunks([item.chunk for item in stored], chunk_length)
+    check_chunks([item.data for item in stored], chunk_length)
     streams = {name: {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
                for name, chunks in pieces.items()}
     assert sorted(streams) == [f"runner{INDEX}/env{i}" for i in range(num_envs)]

@@ -17,6 +17,7 @@ from learner.config import AgentConfig, HarmonyConfig, ModelConfig
 from learner.learner_actor import Learner, PrioritySender
 from learner.spaces import ActionSpec, ObservationSpec
 from replay.service import ReplayService
+from test_replay_storage import make_chunk
 
 OBS = ObservationSpec({"vector": (16,)})
 ACTION = ActionSpec("discrete", (3,))
@@ -161,3 +162,19 @@ def test_learner_sends_priorities_and_sampling_follows_them(ray_local, tmp_path)
     after = noisy_fraction()
     assert after > 0.7, f"sampling follows the priorities: noisy streams drawn {after:.2f} of the time, {before:.2f} before"
     ray.kill(learner)
+
+
+@pytest.mark.parametrize("alpha, high_share", [(0.0, 0.5), (1.0, 0.8)])
+def test_priority_exponent_reaches_every_shard(ray_local, tmp_path, alpha, high_share):
+    """ReplayService.create hands priority_alpha through the shards to their storage: the later half
+    of each stream gets 4x the priority of the earlier half, which exponent 0 ignores (uniform)
+    and exponent 1 follows (4 / (1 + 4) of the draws)."""
+    service = ReplayService.create(2, tmp_path, capacity=128, mode="priority", priority_alpha=alpha, seed=0)
+    for s, name in enumerate(_stream_names(service, "s", 1)):
+        service.insert(make_chunk(s, 0, 32), name, name, 0)
+    batch, keys = service.sample_with_keys(2000, 1)  # covers all 64 starts
+    service.update_priorities(keys, np.where(batch["vector"][:, 0, 1] >= 16, 4.0, 1.0))
+    steps = np.concatenate([service.sample(500, 1)["vector"][:, 0, 1] for _ in range(20)])
+    assert np.mean(steps >= 16) == pytest.approx(high_share, abs=0.03)
+    for shard in service.shards:
+        ray.kill(shard)

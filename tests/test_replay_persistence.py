@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from replay.shard import ChunkInsert, ReplayShard
+from replay.chunk import Chunk
+from replay.shard import ReplayShard
 from test_replay_storage import check_sequences, make_chunk
 
 
@@ -77,9 +78,9 @@ def test_reloaded_shard_never_reuses_step_keys(tmp_path):
 
 def test_a_batch_insert_stores_in_order_and_reloads_like_single_inserts(tmp_path):
     single, batched = ReplayShard(0, str(tmp_path / "single"), capacity=40), ReplayShard(0, str(tmp_path / "batched"), capacity=40)
-    inserts = [ChunkInsert(make_chunk(i % 2, 8 * (i // 2), 8), f"runner{i % 2}/env0", f"c{i}", i) for i in range(7)]
+    inserts = [Chunk(make_chunk(i % 2, 8 * (i // 2), 8), f"runner{i % 2}/env0", f"c{i}", i) for i in range(7)]
     for insert in inserts:
-        single.insert(*insert)
+        single.insert(insert.data, insert.stream, insert.chunk_id, insert.weight_version)
     acks = batched.insert_many([*inserts[:4], inserts[1]])  # a repeated id is acknowledged, not stored twice
     acks += batched.insert_many(inserts[4:])
     assert [a.chunk_id for a in acks] == ["c0", "c1", "c2", "c3", "c1", "c4", "c5", "c6"]
@@ -100,5 +101,5 @@ def test_a_batch_with_one_bad_chunk_stores_nothing(tmp_path):
     good = make_chunk(0, 0, 8)
     bad = {**make_chunk(0, 8, 8), "reward": np.zeros(8, np.float64)}  # dtype differs within the batch
     with pytest.raises(ValueError, match="differ"):
-        shard.insert_many([ChunkInsert(good, "s0", "good", 0), ChunkInsert(bad, "s0", "bad", 0)])
+        shard.insert_many([Chunk(good, "s0", "good", 0), Chunk(bad, "s0", "bad", 0)])
     assert shard.ids() == [] and chunk_files(tmp_path) == []

@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
+from replay.chunk import Chunk
 from replay.rate_limiter import make_limiter_actor, min_tolerance
 from replay.service import ReplayService
-from replay.shard import ChunkInsert, make_shard_actor
+from replay.shard import make_shard_actor
 from test_replay_storage import check_sequences, make_chunk
 
 CHUNK = 8
@@ -233,11 +234,11 @@ def test_a_batch_insert_spreads_over_shards_and_waits_on_the_limiter_chunk_by_ch
     service = ReplayService.create(2, tmp_path, capacity=1000, limiter=limiter, seed=1)
     streams = [f"runner{s}/env0" for s in range(4)]
     assert {service.shard_for(s) for s in streams} == {0, 1}
-    inserts = [ChunkInsert(make_chunk(s, 0, CHUNK), streams[s], f"s{s}", 0) for s in range(4)]
+    inserts = [Chunk(make_chunk(s, 0, CHUNK), streams[s], f"s{s}", 0) for s in range(4)]
     acks = service.insert_many(inserts)  # 2 chunks of prefill, then owed 1.0 * 16 replayed steps <= 40
     assert [a.chunk_id for a in acks] == ["s0", "s1", "s2", "s3"]
     assert [a.shard for a in acks] == [service.shard_for(s) for s in streams]
-    later = [ChunkInsert(make_chunk(s, CHUNK, CHUNK), streams[s], f"s{s}-2", 0) for s in range(4)]
+    later = [Chunk(make_chunk(s, CHUNK, CHUNK), streams[s], f"s{s}-2", 0) for s in range(4)]
     result: list = []
     batch = threading.Thread(target=lambda: result.extend(service.insert_many(later)))
     batch.start()  # owed 24, 32, 40 <= 40: three chunks fit, the fourth (48) waits
