@@ -30,11 +30,11 @@ from actors.collector import Collector
 from actors.envs import make_env
 from actors.policy import AgentPolicy
 from actors.specs import specs_from_spaces
-from learner.agent import Agent
 from learner.broadcast import make_weight_board
+from learner.policy_agent import PolicyAgent
 from replay import ReplayService, make_limiter_actor
 from system.config import load_config
-from system.driver import start_runner
+from system.launch import start_runner
 
 
 class RawLoop:
@@ -44,7 +44,7 @@ class RawLoop:
         torch.set_num_threads(1)
         envs = [make_env(config.env.name, seed=i, **config.env.options) for i in range(num_envs)]
         obs_spec, act_spec = specs_from_spaces(envs[0].observation_space, envs[0].action_space)
-        self.policy = AgentPolicy(Agent(obs_spec, act_spec, config.agent, device="cpu"))
+        self.policy = AgentPolicy(PolicyAgent(obs_spec, act_spec, config.agent, device="cpu"))
         self.collector = Collector(envs, None, "raw")
         for _ in range(20):
             self.collector.step(self.policy)
@@ -99,7 +99,7 @@ def compare(config, runners: int, shards: int, rounds: int, seconds: float) -> d
     with tempfile.TemporaryDirectory() as root:
         replay = ReplayService.create(shards, root, 10**6, limiter=limiter)
         board = make_weight_board()
-        weights = Agent(raw.policy.agent.obs_spec, raw.policy.agent.act_spec, config.agent, device="cpu").policy_weights()
+        weights = PolicyAgent(raw.policy.agent.obs_spec, raw.policy.agent.act_spec, config.agent, device="cpu").policy_weights()
         weights["version"] = 1  # runners act with the policy, not randomly
         ray.get(board.publish.remote(1, [ray.put(weights)]), timeout=600)
         actors = [start_runner(config, i, replay, board, num_cpus=0) for i in range(runners)]

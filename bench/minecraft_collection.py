@@ -29,11 +29,11 @@ import ray
 from actors.envs import make_env
 from actors.specs import specs_from_spaces
 from bench.actor_path import drain
-from learner.agent import Agent
 from learner.broadcast import make_weight_board
+from learner.policy_agent import PolicyAgent
 from replay import ReplayService, make_limiter_actor
 from system.config import load_config
-from system.driver import start_runner
+from system.launch import start_runner
 
 
 def measure(config, runners: int, warmup: float, seconds: float) -> dict:
@@ -47,7 +47,7 @@ def measure(config, runners: int, warmup: float, seconds: float) -> dict:
         env = make_env(config.env.name, seed=0, **config.env.options)
         obs_spec, act_spec = specs_from_spaces(env.observation_space, env.action_space)
         env.close()
-        weights = Agent(obs_spec, act_spec, config.agent, device="cpu").policy_weights()
+        weights = PolicyAgent(obs_spec, act_spec, config.agent, device="cpu").policy_weights()
         weights["version"] = 1  # runners act with the policy, not randomly
         ray.get(board.publish.remote(1, [ray.put(weights)]), timeout=60)
         actors = [start_runner(config, i, replay, board, num_cpus=0) for i in range(runners)]

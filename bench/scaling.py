@@ -31,12 +31,12 @@ import ray
 from actors.envs import make_env
 from bench.actor_path import collection_rate
 from actors.specs import specs_from_spaces
-from learner.agent import Agent
 from learner.broadcast import make_weight_board
+from learner.policy_agent import PolicyAgent
 from replay import ReplayService, make_limiter_actor
 from system.cluster import shard_placement
 from system.config import Config, ConfigError, apply_overrides, load_config
-from system.driver import start_runner
+from system.launch import start_runner
 
 
 def measure(config: Config, runners: int, cores: float, seconds: float, warmup: float) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def measure(config: Config, runners: int, cores: float, seconds: float, warmup: 
     with tempfile.TemporaryDirectory() as root:
         replay = ReplayService.create(config.replay.shards, root, 10**6, limiter=limiter, placement=shard_placement(config))
         board = make_weight_board()
-        weights = Agent(obs_spec, act_spec, config.agent, device="cpu").policy_weights()
+        weights = PolicyAgent(obs_spec, act_spec, config.agent, device="cpu").policy_weights()
         weights["version"] = 1  # runners act with the policy step, not randomly
         ray.get(board.publish.remote(1, [ray.put(weights)]), timeout=600)
         actors = [start_runner(config, i, replay, board) for i in range(runners)]

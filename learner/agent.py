@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import Tensor
 from learner.behavior import ActorCritic
 from learner.compiler import compile_fn, compile_options, use_cache_dir
 from learner.config import AgentConfig
+from learner.distributed import data_parallel
 from learner.policy_agent import PolicyAgent, PolicyNets, PolicyState, model_observations, new_cuda_graph_step, resolve_device
 from learner.spaces import ActionSpec, ObservationSpec
 from learner.world_model import WorldModel
@@ -51,6 +53,10 @@ class Agent:
             **fused,
         )
         self._ac_params = [p for g in self.ac_opt.param_groups for p in g["params"]]
+        # The losses the update differentiates: the modules' own methods, or their data-parallel
+        # wrappers once `distribute` made this agent one rank of a learner group.
+        self._world_model_loss: Callable[..., Any] = self.world_model.loss_and_priority
+        self._actor_critic_loss: Callable[..., Any] = self.actor_critic.loss
         # The last trained batch's per-sequence replay priorities [B] (float32, on the device; see
         # WorldModel.losses): reading them is a host sync, left to whoever sends them to the replay.
         self.last_priorities: Tensor | None = None
@@ -96,7 +102,7 @@ class Agent:
         new_cuda_graph_step(self.compile_plan.train, self.device)
         data = self._to_device(batch)
         with self._autocast():
-            wm_loss, metrics, posterior, priorities = self.world_model.loss_and_priority(data)
+            wm_loss, metrics, posterior, priorities = self._world_model_loss(data)
         # a copy: compiled programs (CUDA graphs) reuse their output memory at the next update
         self.last_priorities = priorities.detach().to(torch.float32, copy=True)
         self.wm_opt.zero_grad(set_to_none=True)
@@ -106,7 +112,7 @@ class Agent:
         self.wm_opt.step()
 
         with self._autocast():
-            ac_loss, ac_metrics = self.actor_critic.loss(self.world_model, posterior, data)
+            ac_loss, ac_metrics = self._actor_critic_loss(self.world_model, posterior, data)
         self.ac_opt.zero_grad(set_to_none=True)
         ac_loss.backward(inputs=self._ac_params)
         clip = self.config.behavior.grad_clip
@@ -128,6 +134,15 @@ class Agent:
             self.compile_seconds = time.perf_counter() - started
         # One copy of all metrics: compiled programs (CUDA graphs) reuse their output memory.
         return dict(zip(metrics, torch.stack([v.reshape(()).float() for v in metrics.values()]).unbind()))
+
+    def distribute(self) -> None:
+        """Train as one rank of the process group this process joined (learner/distributed.py):
+        rank 0's weights are copied to every rank now, and from here on every update's gradients
+        are averaged over the group before the (identical) optimizer steps. The return
+        normalizer's statistics follow rank 0's at every update; nothing else has state that
+        could drift apart."""
+        self._world_model_loss = data_parallel(self.world_model, "loss_and_priority", sync_buffers=False)
+        self._actor_critic_loss = data_parallel(self.actor_critic, "loss", sync_buffers=True)
 
     def read_nonfinite(self) -> tuple[int, int, int]:
         """(skipped updates in all, consecutive skips now, longest run of consecutive skips since
@@ -181,8 +196,17 @@ class Agent:
         self.actor_critic.load_state_dict(state["actor_critic"])
         self.wm_opt.load_state_dict(state["wm_opt"])
         self.ac_opt.load_state_dict(state["ac_opt"])
+        self._configured_learning_rates()  # the saved ones are those of the run's old config
         self.updates = int(state["updates"])
 
+    def _configured_learning_rates(self) -> None:
+        """Learning rates as this agent's config says: a resumed run may change them (an
+        override, or another number of learners scaling them)."""
+        wm, bh = self.config.world_model, self.config.behavior
+        for group in self.wm_opt.param_groups:
+            group["lr"] = wm.lr
+        actor, critic = self.ac_opt.param_groups
+        actor["lr"], critic["lr"] = bh.actor_lr, bh.critic_lr
 
     def num_params(self) -> int:
         return sum(p.numel() for m in (self.world_model, self.actor_critic.actor, self.actor_critic.critic) for p in m.parameters())

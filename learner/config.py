@@ -18,6 +18,9 @@ SIZES: dict[str, dict[str, int]] = {
     "XL": dict(deter=4096, hidden=1024, layers=5, cnn_depth=96, stoch=32, classes=32),
 }
 
+# How data-parallel learners scale the batch and learning rates (learner/distributed.py GroupShape).
+SCALING_RULES = ("rllib", "linear", "split")
+
 # Models narrower than XS are test-sized: too small for bf16 casts or a compile to pay back on a
 # CPU (a deter-32 update took 39 % longer in bf16; XS's took 26 % less).
 MIN_CPU_SPEEDUP_DETER = 256
@@ -27,15 +30,15 @@ MIN_CPU_SPEEDUP_DETER = 256
 class ModelConfig:
     """Network sizes: `size` picks a preset; any field set here overrides it."""
 
-    size: str = "S"
-    deter: int | None = None
-    hidden: int | None = None
-    layers: int | None = None
-    cnn_depth: int | None = None
-    stoch: int | None = None
-    classes: int | None = None
-    unimix: float = 0.01
-    reward_bins: int = 255
+    size: str = "S"  # a row of DreamerV3's size table (SIZES): debug | XS | S | M | L | XL
+    deter: int | None = None  # recurrent (GRU) state units (null: from size)
+    hidden: int | None = None  # units of every MLP layer (null: from size)
+    layers: int | None = None  # layers of every MLP (null: from size)
+    cnn_depth: int | None = None  # channels of the first image conv layer, doubling at each halving of the resolution (null: from size)
+    stoch: int | None = None  # categorical variables of the stochastic latent (null: from size)
+    classes: int | None = None  # classes of each categorical variable (null: from size)
+    unimix: float = 0.01  # share of uniform mixed into the latent and discrete action distributions
+    reward_bins: int = 255  # two-hot bins of the reward and critic heads (symlog space)
 
     def resolved(self) -> dict[str, int]:
         if self.size not in SIZES:
@@ -49,9 +52,11 @@ class ModelConfig:
 class HarmonyConfig:
     """Which harmonizer, and the constant weights of `fixed` mode and of unharmonized tasks."""
 
-    mode: str = "rectified"
+    mode: str = "rectified"  # rectified | unrectified (learned loss scales) | naive (each loss over its own value) | fixed (`weights`) | off (DreamerV3's)
     # The reference keeps the continue loss at weight 1 instead of harmonizing it.
     harmonize_continue: bool = False
+    # Constant weight per task: of every task in `fixed` mode, of the tasks not harmonized (continue)
+    # in the others; `off` uses DreamerV3's.
     weights: dict[str, float] = field(
         default_factory=lambda: {"observation": 1.0, "reward": 1.0, "dynamics": 0.6, "continue": 1.0}
     )
@@ -59,12 +64,12 @@ class HarmonyConfig:
 
 @dataclass
 class WorldModelConfig:
-    lr: float = 1e-4
-    eps: float = 1e-8
-    grad_clip: float = 1000.0
-    free_nats: float = 1.0
-    dyn_scale: float = 0.5
-    rep_scale: float = 0.1
+    lr: float = 1e-4  # Adam learning rate of the world model
+    eps: float = 1e-8  # Adam epsilon of the world model
+    grad_clip: float = 1000.0  # gradient norm clip of the world model
+    free_nats: float = 1.0  # KLs below this many nats are not penalized (both dynamics and representation)
+    dyn_scale: float = 0.5  # weight of the dynamics KL (trains the prior) within the dynamics task, relative to rep_scale
+    rep_scale: float = 0.1  # weight of the representation KL (trains the posterior) within the dynamics task, relative to dyn_scale
     # Weight of terminal steps in the continue loss. They are rare (one per episode at most), so
     # a head trained at 1 (DreamerV3) may never learn the rarer ways to end an episode.
     terminal_weight: float = 1.0
@@ -72,27 +77,27 @@ class WorldModelConfig:
 
 @dataclass
 class BehaviorConfig:
-    horizon: int = 15
-    discount_horizon: float = 333.0
-    lam: float = 0.95
-    entropy: float = 3e-4
-    actor_lr: float = 3e-5
-    critic_lr: float = 3e-5
-    eps: float = 1e-5
-    grad_clip: float = 100.0
-    slow_critic_fraction: float = 0.02
-    slow_critic_reg: float = 1.0
+    horizon: int = 15  # imagined steps from each replayed state
+    discount_horizon: float = 333.0  # discount = 1 - 1 / discount_horizon
+    lam: float = 0.95  # lambda of the lambda-returns
+    entropy: float = 3e-4  # scale of the actor's entropy bonus
+    actor_lr: float = 3e-5  # Adam learning rate of the actor
+    critic_lr: float = 3e-5  # Adam learning rate of the critic
+    eps: float = 1e-5  # Adam epsilon of the actor and the critic
+    grad_clip: float = 100.0  # gradient norm clip of the actor and of the critic, each
+    slow_critic_fraction: float = 0.02  # fraction of the way the slow critic (an EMA of the critic's weights) moves to the critic per update
+    slow_critic_reg: float = 1.0  # weight of the critic's loss towards the slow critic's values
     # weight of the critic's loss on replayed states against real-reward returns (0 = off)
     replay_critic_scale: float = 0.3
-    return_norm_decay: float = 0.99
+    return_norm_decay: float = 0.99  # decay of the moving 5th-95th percentile range of returns that scales advantages
     # auto: REINFORCE for discrete actions, backprop through the model for continuous ones.
     actor_grad: str = "auto"
     # How imagination discounts by the continue head: `mode` (DreamerV3: 0 or 1) or `probability`
     # (DreamerV2: the predicted chance), which still tells the actor about a termination the
     # model thinks unlikely, e.g. at a track's edge that replay rarely shows.
     imagined_continue: str = "mode"
-    min_std: float = 0.1
-    max_std: float = 1.0
+    min_std: float = 0.1  # continuous actions: the policy's smallest standard deviation
+    max_std: float = 1.0  # continuous actions: the policy's largest standard deviation
 
 
 @dataclass

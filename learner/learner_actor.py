@@ -21,6 +21,7 @@ import torch
 
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig
+from learner.distributed import ProcessGroup, free_address
 from learner.openloop import openloop_frames
 from learner.spaces import ActionSpec, ObservationSpec
 
@@ -48,9 +49,13 @@ class Learner:
         max_nonfinite: int = 10,
         state: dict[str, Any] | None = None,
         priority: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         """`priority`: the replay samples by priority (`replay.sampling=priority`), so send it the
-        world model's per-sequence priorities of every trained batch."""
+        world model's per-sequence priorities of every trained batch. `rank` of `world_size`: one of
+        data-parallel learners (learner/distributed.py), which train only once `join` made them a
+        group; rank 0 publishes the weights and answers for the group (checkpoints, videos)."""
         self.threads = threads or torch.get_num_threads()
         _one_torch_thread()  # `run` sets the training thread's count
         self.agent = Agent(obs_spec, act_spec, agent_config)
@@ -74,8 +79,22 @@ class Learner:
         self.priority = priority
         self._priorities: PrioritySender | None = None  # while `run` runs, with priority
         self._priority_counts = {"sent": 0, "errors": 0, "dropped": 0}  # of senders that ended
+        self.rank, self.world_size = rank, world_size
+        self.group: ProcessGroup | None = None  # once joined, with world_size > 1
         if self.agent.updates > 0:  # resumed: runners act with the restored policy at once
             self._publish()
+
+    def rendezvous_address(self, loopback: bool) -> str:
+        """Where the group meets (rank 0 asks): a free port on this node, on 127.0.0.1 when every
+        rank runs on this node, else on the node's address (cluster-internal, as Ray's own ports)."""
+        host = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
+        return free_address(host)
+
+    def join(self, address: str, timeout_s: float) -> None:
+        """Become rank `rank` of the learner group at `address`; returns once all ranks joined and
+        hold rank 0's weights."""
+        self.group = ProcessGroup(address, self.rank, self.world_size, self.agent.device, timeout_s=timeout_s)
+        self.agent.distribute()
 
     def where(self) -> str:
         """The Ray node this actor runs on (for the driver's placement report)."""
@@ -84,7 +103,9 @@ class Learner:
     def device(self) -> str:
         """Where and how it trains, for the driver's placement report."""
         agent = self.agent
-        return f"{agent.device}, {agent.precision.precision} ({agent.precision.reason}), {agent.compile_plan.describe()}"
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        where = f"{agent.device} (GPU {', '.join(gpus)} of its node)" if agent.device.type == "cuda" and gpus else str(agent.device)
+        return f"{where}, {agent.precision.precision} ({agent.precision.reason}), {agent.compile_plan.describe()}"
 
     def run(self, max_updates: int | None = None) -> int:
         """Train until stopped, until the replay closes, or for max_updates; returns updates."""
@@ -96,10 +117,11 @@ class Learner:
         else:
             sampler = self.replay.sampler(self.batch_size, self.seq_len, prefetch=self.prefetch)
         try:
-            while not self._stop.is_set() and (max_updates is None or self.agent.updates < max_updates):
+            while True:
                 waited = time.perf_counter()
-                item = next(sampler, None)
-                if item is None:
+                go_on = not self._stop.is_set() and (max_updates is None or self.agent.updates < max_updates)
+                item = next(sampler, None) if go_on else None
+                if not self._all_have_batches(item is not None):
                     break
                 batch, keys = item if self.priority else (item, None)
                 started = time.perf_counter()
@@ -125,6 +147,12 @@ class Learner:
         self._check_nonfinite()
         self._publish()
         return self.agent.updates
+
+    def _all_have_batches(self, have: bool) -> bool:
+        """Alone: whether this learner has a batch. In a group: whether every rank has one and none
+        was asked to stop, so all ranks make the same updates and stop together (a rank that went
+        on alone would wait forever in DDP's all-reduce)."""
+        return have if self.group is None else self.group.all_agree(have)
 
     def _close_priorities(self) -> None:
         """Send what the thread still holds (bounded wait) and keep its counts."""
@@ -159,6 +187,7 @@ class Learner:
             "learner/data_wait_fraction": self._wait_seconds / busy if busy else 0.0,
             "learner/nonfinite_updates": self._nonfinite_total,
             "learner/torch_threads": self._torch_threads,
+            "learner/world_size": self.world_size,
         }
         if self.priority:
             sender = self._priorities
@@ -201,6 +230,8 @@ class Learner:
         self._stop.set()
 
     def _publish(self) -> None:
+        if self.rank != 0:  # every rank holds the same weights: rank 0 speaks for the group
+            return
         weights = self.agent.policy_weights()
         ref = ray.put(weights)
         ray.get(self.board.publish.remote(weights["version"], [ref]), timeout=_PUBLISH_TIMEOUT_S)

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+from learner.config import AgentConfig
+from learner.spaces import ActionSpec, ObservationSpec
+
 FORMAT = "harmonyray-checkpoint-v1"
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 
@@ -58,3 +61,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def latest_checkpoint(logdir: Path) -> dict[str, Any] | None:
     paths = list_checkpoints(logdir)
     return load_checkpoint(paths[-1]) if paths else None
+
+
+def model_signature(agent: AgentConfig, obs_spec: ObservationSpec, act_spec: ActionSpec) -> dict[str, Any]:
+    """What a checkpoint's tensors depend on: network sizes and observation/action shapes."""
+    return {
+        "dims": agent.model.resolved(),
+        "reward_bins": agent.model.reward_bins,
+        "observations": {k: list(v) for k, v in obs_spec.shapes.items()},
+        "actions": [act_spec.kind, list(act_spec.sizes)],
+    }
+
+
+def check_signature(checkpoint: dict[str, Any], signature: dict[str, Any], logdir: Path) -> None:
+    """A checkpoint of another model or environment cannot be resumed: say so before anything starts."""
+    if checkpoint.get("model") != signature:
+        raise CheckpointError(
+            f"the checkpoint in {logdir} was written for another model or environment "
+            f"({checkpoint.get('model')}); resume with the run's own config or start a new run"
+        )

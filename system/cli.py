@@ -1,4 +1,4 @@
-"""`harmonyray train | resume | eval`: the command line.
+"""`harmonyray train | resume | eval | config`: the command line.
 
 Anything the user must fix (config, environment, checkpoint, cluster) ends with one line on
 stderr and exit code 2; nothing is written for a run that could not start. SIGTERM or SIGINT of
@@ -17,8 +17,9 @@ from learner.spaces import ObservationShapeError
 from system.checkpoint import CheckpointError
 from system.cluster import ClusterError
 from system.config import ConfigError, load_config
+from system.config_docs import config_markdown, config_text
+from system.failures import RunStopped
 from system.interrupt import Interrupted, StopSignals
-from system.supervisor import RunnersFailed
 
 USER_ERRORS = (ConfigError, UnknownEnvError, MissingDependencyError, ObservationShapeError, CheckpointError, ClusterError)
 
@@ -38,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_p = sub.add_parser("eval", help="greedy evaluation episodes with a run's last checkpoint")
     eval_p.add_argument("logdir")
     eval_p.add_argument("--episodes", type=int, default=None)
+    config_p = sub.add_parser("config", help="every config key with its type, default and doc")
+    config_p.add_argument("--markdown", action="store_true", help="as Markdown tables (README.md's \"Configuration keys\")")
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command == "eval" or any(e.startswith("-") for e in extra)):
+    if extra and (args.command in ("eval", "config") or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:  # overrides after an option (`resume LOGDIR --no-progress run.steps=...`) that argparse left over
         args.overrides += extra
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"harmonyray: error: {error}", file=sys.stderr)
         return 2
-    except RunnersFailed as error:  # the run stopped (with a checkpoint): one line, no traceback
+    except RunStopped as error:  # runners or learners failed (a checkpoint stands): one line, no traceback
         print(f"harmonyray: run stopped: {error}", file=sys.stderr)
         return 1
     except Interrupted as stop:  # SIGTERM/SIGINT: checkpoint written, W&B and Ray shut down
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        print(config_markdown() if args.markdown else config_text(), end="")
+        return 0
     from system import driver  # Ray and torch load only once the arguments are valid
 
     if args.command in ("train", "resume"):

@@ -12,15 +12,16 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import Container, OmegaConf
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from learner.config import AgentConfig
+from learner.config import SCALING_RULES, AgentConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,13 +33,13 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     steps: int = 100_000  # env (policy) steps to collect, over all runners
-    seed: int = 0
-    logdir: str = "runs/{preset}-{time}"
+    seed: int = 0  # base seed: the runners' envs, exploration and torch, replay sampling and the evaluator derive theirs from it
+    logdir: str = "runs/{preset}-{time}"  # run directory when --logdir is not given; {preset} and {time} are filled in
     log_every: float = 10.0  # seconds between metric lines
     checkpoint_every: float = 300.0  # seconds between checkpoints
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # newest checkpoints kept (0: all)
     eval_every: int = 0  # env steps between evaluations (0: only at the end)
-    eval_episodes: int = 5
+    eval_episodes: int = 5  # greedy episodes per evaluation
     eval_video: bool = True  # at each evaluation: a greedy episode and open-loop predictions (image envs)
     max_nonfinite_updates: int = 10  # consecutive skipped updates before the run stops
     shutdown_timeout: float = 60.0  # seconds from SIGTERM/SIGINT to exit: stop, checkpoint, close W&B and Ray
@@ -46,17 +47,15 @@ class RunConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = "gym:CartPole-v1"
-    options: dict[str, Any] = field(default_factory=dict)
-    # The tasks of the benchmark a preset belongs to (one run trains `name`; sweep over these).
-    benchmark: list[str] = field(default_factory=list)
+    name: str = "gym:CartPole-v1"  # suite:task, e.g. gym:CartPole-v1, atari:Pong, crafter:reward, metaworld:hammer-v3, minecraft:hunt-cow
+    options: dict[str, Any] = field(default_factory=dict)  # keyword options of the env suite (e.g. {camera: corner2} for Meta-World; actors/envs)
 
 
 @dataclass
 class TrainConfig:
     train_ratio: float = 512.0  # replayed steps per env step (policy steps, not frames)
-    batch_size: int = 16
-    seq_len: int = 64
+    batch_size: int = 16  # sequences per update
+    seq_len: int = 64  # steps per replayed sequence
     prefill: int = 5000  # env steps with a random policy before learning starts
     publish_every: int = 5  # updates between weight broadcasts
     tolerance: float = 4.0  # batches the learner may run ahead of (or behind) the ratio
@@ -65,10 +64,12 @@ class TrainConfig:
 
 @dataclass
 class ReplayConfig:
-    shards: int = 2
+    shards: int = 2  # replay actors; `capacity` is split among them
     capacity: int = 1_000_000  # steps, over all shards
     sampling: str = "uniform"  # uniform | recency | priority
-    num_cpus: float = 0.0
+    recency_half_life: float | None = None  # recency: env steps (over all shards) after which a step is half as likely to start a sequence (None: a quarter of the capacity)
+    priority_exponent: float = 0.6  # priority: a sequence start is drawn in proportion to its priority to this power (0: uniform)
+    num_cpus: float = 0.0  # CPUs Ray reserves per shard
     memory_gb: float = 0.0  # memory Ray reserves per shard (0: none); shards spread over nodes
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per shard
     call_timeout: float = 5.0  # seconds a replay call may take before its shard counts as hung
@@ -76,12 +77,12 @@ class ReplayConfig:
 
 @dataclass
 class RunnersConfig:
-    count: int = 2
+    count: int = 2  # runner actors, each stepping `envs` environments
     envs: int = 1  # environments per runner
-    chunk_length: int = 64
+    chunk_length: int = 64  # steps per chunk a runner cuts its experience into for replay
     insert_batch: int = 4  # most chunks one replay insert call carries (1: every chunk alone)
     insert_linger: float = 0.25  # seconds a runner waits for more chunks before inserting fewer
-    num_cpus: float = 1.0
+    num_cpus: float = 1.0  # CPUs Ray reserves per runner
     num_gpus: float = 0.0  # a share of a GPU per runner: its policy then acts there
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per runner
     # Custom Ray resources per environment, times `envs` on top of `resources`: a node that
@@ -91,7 +92,7 @@ class RunnersConfig:
     # last step returned (slow, crashy simulators); auto: the env suite's default (actors/envs).
     collection: str = "auto"
     gather_wait: float = 0.001  # async: seconds to wait, after one env is ready, for more to act on in one batch
-    max_restarts: int = 3
+    max_restarts: int = 3  # times Ray restarts a runner actor that died, also on another node when its node is lost
     step_timeout: float = 60.0  # seconds before a hung environment is restarted (0: no timeout)
     max_failures: int = 6  # failures in a row (crashes, envs that keep failing) before a runner is given up on
     restart_delay: float = 2.0  # seconds before a failed runner starts again; doubles with each failure in a row
@@ -99,10 +100,17 @@ class RunnersConfig:
 
 @dataclass
 class LearnerConfig:
+    # Data-parallel learners: N ranks, each sampling its own batch, gradients averaged by DDP (NCCL on
+    # GPUs, gloo on CPUs), placed together as one placement group; the resources below are per learner.
+    num_learners: int = 1
+    # How N learners scale the batch and learning rates: rllib (each samples train.batch_size, learning
+    # rates x sqrt(N)), linear (each samples train.batch_size, learning rates x N) or split (train.batch_size
+    # is split over them, learning rates unchanged: one learner's optimisation, N times the compute)
+    scaling: str = "rllib"
     num_gpus: float = -1.0  # -1: one GPU when the cluster has one, else CPU
-    num_cpus: float = 1.0
+    num_cpus: float = 1.0  # CPUs Ray reserves for the learner
     threads: int = 0  # torch threads (0: the CPUs given)
-    resources: dict[str, float] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources for the learner
 
 
 @dataclass
@@ -116,14 +124,14 @@ class RayConfig:
 @dataclass
 class WandbConfig:
     mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
-    project: str = "harmonyray"
-    entity: str | None = None
-    group: str | None = None
+    project: str = "harmonyray"  # W&B project
+    entity: str | None = None  # W&B team or user (null: your default)
+    group: str | None = None  # W&B group the run joins (null: none)
 
 
 @dataclass
 class Config:
-    preset: str = "custom"
+    preset: str = "custom"  # the preset's (or YAML file's) name, set by the loader; {preset} in run.logdir
     run: RunConfig = field(default_factory=RunConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -136,7 +144,14 @@ class Config:
 
 
 def presets() -> list[str]:
+    """The preset names: YAML files directly in configs/ (the pieces they extend live in subfolders)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+# Reserved top-level key of a YAML config: the configs it is merged over, in order, as paths
+# relative to configs/ without `.yaml` (`extends: pieces/base`, or a list). So a preset says only
+# what differs from the pieces, and a YAML file of one's own may extend a preset.
+EXTENDS = "extends"
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -149,16 +164,55 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. run.steps=20000)")
-    sources: list[Any] = []  # what was merged, to find the key of an error that OmegaConf does not name
-    try:
-        sources.append(_load_yaml(path))
-        sources.append(_parse_overrides(overrides))
-        merged = OmegaConf.merge(OmegaConf.structured(Config), {"preset": path.stem}, *sources)
-        config: Config = OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, TypeError) as error:  # TypeError: a list where the schema has a mapping
-        raise ConfigError(f"config {path.name}: {_explain(error, sources)}") from None
+    files = [*_composition(path), (_label(path), _parse_overrides(overrides))]
+    merged = OmegaConf.merge(OmegaConf.structured(Config), {"preset": path.stem})
+    for label, data in files:  # one at a time, so that an error names the file it is in
+        merged = _checked(partial(OmegaConf.merge, merged, data), f"config {label}", [data])
+    config: Config = _checked(partial(OmegaConf.to_object, merged), f"config {_label(path)}", [data for _, data in files])
     validate(config)
     return config
+
+
+def _checked(step: Callable[[], Any], where: str, sources: list[Any]) -> Any:
+    """`step()`, an OmegaConf merge or conversion of `sources`, its error as one line that says where and names the key."""
+    try:
+        return step()
+    except (OmegaConfBaseException, TypeError) as error:  # TypeError: a list where the schema has a mapping
+        raise ConfigError(f"{where}: {_explain(error, sources)}") from None
+
+
+def _composition(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[str, Any]]:
+    """(label, contents) of every file a config is merged from: what it extends, first, then itself."""
+    chain = (*chain, path.resolve())
+    data = _load_yaml(path)
+    names = data.pop(EXTENDS, None) if isinstance(data, DictConfig) else None
+    if names is None:
+        return [(_label(path), data)]
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, (list, ListConfig)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"config {_label(path)}: {EXTENDS}: expected a config name or a list of them (e.g. pieces/base), got {_show(names)}")
+    files: list[tuple[str, Any]] = []
+    for name in names:
+        base = CONFIG_DIR / f"{name}.yaml"
+        if not base.is_file():
+            known = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+            raise ConfigError(f"config {_label(path)}: {EXTENDS}: no config {name!r} (configs/{name}.yaml); configs/ has {', '.join(known)}")
+        if base.resolve() in chain:
+            raise ConfigError(f"config {_label(path)}: {EXTENDS}: {name!r} makes a cycle ({' -> '.join(_label(p) for p in chain)} -> {_label(base)})")
+        files += _composition(base, chain)
+    return [*files, (_label(path), data)]
+
+
+def _label(path: Path) -> str:
+    """A config file as messages name it: relative to configs/ when it is there (`pieces/base.yaml`)."""
+    try:
+        return str(path.resolve().relative_to(CONFIG_DIR))
+    except ValueError:
+        return path.name
+
+
+# Keys that runs saved before the schema dropped them (nothing read them): ignored when read back.
+RETIRED_KEYS = ("env.benchmark",)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -166,7 +220,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"saved config: expected a mapping (Config has: {', '.join(_hints(Config))}), got {_show(data)}")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+        saved = OmegaConf.create(data)
+        for key in RETIRED_KEYS:
+            section, name = key.rsplit(".", 1)
+            if isinstance(OmegaConf.select(saved, section), DictConfig):
+                OmegaConf.select(saved, section).pop(name, None)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
     except (OmegaConfBaseException, TypeError) as error:
         raise ConfigError(f"saved config: {_explain(error, [data])}") from None
 
@@ -204,6 +263,12 @@ def validate(config: Config) -> None:
         (config.train.seq_len > 1, f"train.seq_len must be >= 2 (got {config.train.seq_len})"),
         (config.train.prefill >= config.train.batch_size * config.train.seq_len, f"train.prefill ({config.train.prefill}) must be at least one batch, train.batch_size x train.seq_len = {config.train.batch_size * config.train.seq_len} steps"),
         (config.train.seq_len <= config.replay.capacity // max(1, config.replay.shards), f"train.seq_len ({config.train.seq_len}) is longer than a replay shard holds (replay.capacity / replay.shards = {config.replay.capacity // max(1, config.replay.shards)} steps): raise replay.capacity or lower replay.shards"),
+        (config.learner.num_learners >= 1, f"learner.num_learners must be >= 1 (got {config.learner.num_learners})"),
+        (config.learner.scaling in SCALING_RULES, f"learner.scaling must be one of {', '.join(SCALING_RULES)} (got {config.learner.scaling!r})"),
+        (config.learner.scaling != "split" or config.train.batch_size % config.learner.num_learners == 0,
+         f"learner.scaling=split divides train.batch_size ({config.train.batch_size}) over learner.num_learners ({config.learner.num_learners}): make it a multiple, or use scaling=rllib"),
+        (config.learner.num_learners == 1 or config.learner.num_cpus > 0 or config.learner.num_gpus != 0 or bool(config.learner.resources),
+         "learner.num_learners > 1 places the learners as a group of resource bundles: give each learner.num_cpus > 0 (or GPUs, or resources)"),
         (not (config.agent.device.startswith("cuda") and config.learner.num_gpus == 0), "agent.device asks for CUDA but learner.num_gpus=0: set learner.num_gpus=1 (or -1, auto) on a GPU cluster, or agent.device=auto"),
         (config.runners.step_timeout >= 0, f"runners.step_timeout must be >= 0 (0: no timeout; got {config.runners.step_timeout})"),
         (config.runners.restart_delay >= 0, f"runners.restart_delay must be >= 0 (got {config.runners.restart_delay})"),
@@ -219,6 +284,8 @@ def validate(config: Config) -> None:
         (config.runners.collection in ("auto", "lockstep", "async"), f"runners.collection must be auto, lockstep or async (got {config.runners.collection!r})"),
         (config.runners.gather_wait >= 0, f"runners.gather_wait must be >= 0 seconds (got {config.runners.gather_wait})"),
         (config.runners.num_gpus >= 0, f"runners.num_gpus must be >= 0 (got {config.runners.num_gpus})"),
+        (config.replay.recency_half_life is None or config.replay.recency_half_life > 0, f"replay.recency_half_life must be > 0 env steps, or null for a quarter of the capacity (got {config.replay.recency_half_life})"),
+        (config.replay.priority_exponent >= 0, f"replay.priority_exponent must be >= 0 (got {config.replay.priority_exponent})"),
         (config.replay.call_timeout > 0, f"replay.call_timeout must be > 0 seconds (got {config.replay.call_timeout})"),
         (config.replay.sampling in ("uniform", "recency", "priority"), f"replay.sampling must be uniform, recency or priority (got {config.replay.sampling!r})"),
         (config.wandb.mode in ("auto", "online", "offline", "disabled"), f"wandb.mode must be auto, online, offline or disabled (got {config.wandb.mode!r})"),
@@ -248,9 +315,9 @@ def _load_yaml(path: Path) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config {path.name}: not valid YAML{where}: {getattr(error, 'problem', None) or _first_line(error)}") from None
+        raise ConfigError(f"config {_label(path)}: not valid YAML{where}: {getattr(error, 'problem', None) or _first_line(error)}") from None
     except OSError as error:  # also a scalar document: OmegaConf takes only a mapping or a list
-        raise ConfigError(f"config {path.name}: expected a mapping of sections ({', '.join(_hints(Config))}): {_first_line(error)}") from None
+        raise ConfigError(f"config {_label(path)}: expected a mapping of sections ({', '.join(_hints(Config))}): {_first_line(error)}") from None
 
 
 def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> Any:

@@ -8,30 +8,34 @@ before failing starts a new series. Ray restarts a dead runner process itself (u
 `runners.max_restarts`, also on another node when its node is lost): calls fail fast while it
 restarts, so such a runner is probed every `RESTART_POLL_S` until it answers (one failure, however
 long the restart takes, up to `RESTART_WAIT_S`). One that Ray no longer restarts is re-created here.
+
+The supervisor owns the run's runner set: the driver asks it for their stats and tells it to stop,
+flush or release them, and never holds a runner handle of its own (a re-created runner would
+leave it stale).
 """
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import ray
+
+from system.failures import RunnersFailed
 
 MAX_DELAY_S = 60.0
 HEALTHY_AFTER_S = 60.0
 RESTART_POLL_S = 1.0
 RESTART_WAIT_S = 300.0
 READY_GET_S = 60.0  # fetching a result ray.wait found ready: only its transfer is left
-
-
-class RunnersFailed(RuntimeError):
-    """Every runner was given up on: nothing collects any more."""
+STATS_TIMEOUT_S = 30.0  # a runner that does not answer a stats call within this is skipped for a round
 
 
 class RunnerSupervisor:
     def __init__(self, runners: list[ray.actor.ActorHandle], make_runner: Callable[[int], ray.actor.ActorHandle],
                  max_failures: int, base_delay: float):
-        self.runners = runners  # updated in place when a runner is re-created
+        self.runners = runners  # the handles, replaced in place when a runner is re-created
         self.make_runner = make_runner
         self.max_failures = max(1, max_failures)
         self.base_delay = base_delay
@@ -78,13 +82,37 @@ class RunnerSupervisor:
             raise RunnersFailed(f"every runner failed {self.max_failures} times in a row and was given up on ({last}); "
                                 "fix the cause, then `harmonyray resume LOGDIR`")
 
-    def running(self) -> dict[int, ray.ObjectRef]:
-        """The `run` calls in progress (to wait for at shutdown)."""
-        return dict(self.refs)
-
     def alive(self) -> list[ray.actor.ActorHandle]:
         """Runners that can answer calls now (not dead, not waiting for Ray to restart them)."""
         return [r for i, r in enumerate(self.runners) if i not in self.dead and i not in self.restarting]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Stats of the runners that answer; one that is being restarted is skipped this round."""
+        refs = [r.stats.remote() for r in self.runners]
+        stats = []
+        for ref in refs:
+            try:
+                stats.append(ray.get(ref, timeout=STATS_TIMEOUT_S))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        return stats
+
+    def stop(self, timeout: float | None) -> None:
+        """Ask the runners that can answer to stop (they stop collecting within a step)."""
+        answers([r.stop.remote() for r in self.alive()], timeout=timeout)
+
+    def wait_stopped(self, timeout: float | None) -> None:
+        """Wait for the runners' `run` calls to return (a stopped runner's returns at once)."""
+        answers(list(self.refs.values()), timeout=timeout)
+
+    def flush(self, timeout: float | None) -> None:
+        """Let the stopped runners insert the chunks they still queue (within the timeout)."""
+        answers([r.flush.remote() for r in self.alive()], timeout=timeout)
+
+    def release(self) -> None:
+        """Kill every runner for good (the run is over: nothing is left in them)."""
+        for runner in self.runners:
+            ray.kill(runner, no_restart=True)
 
     def metrics(self) -> dict[str, float]:
         return {"runner/failures": self.failures, "runner/backing_off": len(set(self.retry_at) - set(self.restarting)),
@@ -148,3 +176,17 @@ def describe(error: ray.exceptions.RayError) -> str:
         error = cause
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def answers(refs: list[ray.ObjectRef], timeout: float | None) -> list[Any]:
+    """The answers of the actors that give one within the timeout (a dead one gives none)."""
+    if not refs:
+        return []
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    out = []
+    for ref in ready:
+        try:
+            out.append(ray.get(ref, timeout=READY_GET_S))
+        except ray.exceptions.RayError:
+            continue
+    return out

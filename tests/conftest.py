@@ -41,6 +41,16 @@ def ray_local():
     yield ray
 
 
+@pytest.fixture
+def free_ray(ray_local):
+    """The shared cluster with all its CPUs free: started again when actors an earlier module
+    left behind (or Ray is still restarting) hold some, for runs that need every CPU."""
+    held = ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]
+    if held or ray_local.cluster_resources().get("minecraft", 0) < 4:
+        start_local_ray()
+    yield ray_local
+
+
 @pytest.fixture(scope="module")
 def ray_multinode():
     """A head and two worker nodes on this machine (`ray.cluster_utils.Cluster`), each with a
@@ -50,7 +60,7 @@ def ray_multinode():
 
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1, resources={f"worker{i}": 1, "collector": 1}) for i in range(2)]
+    workers = [cluster.add_node(num_cpus=1, resources={f"worker{i}": 1, "collector": 1, "trainer": 1}) for i in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     yield cluster, workers

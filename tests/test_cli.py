@@ -1,8 +1,11 @@
-"""Bad input gets one clear line and exit code 2, and leaves nothing on disk."""
+"""Bad input gets one clear line and exit code 2, and leaves nothing on disk; `harmonyray config`
+documents every key from the schema."""
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ import torch
 from system.cli import main
 from learner.config import ModelConfig
 from system.config import ConfigError, _explain, apply_overrides, config_from_dict, load_config, to_yaml
+from system.config_docs import KeyDoc, config_markdown, key_docs
 
 BAD_TRAIN = [
     (["--config", "cartpole", "agent.model.sise=XS"], "config cartpole.yaml: unknown key agent.model.sise; did you mean agent.model.size? (ModelConfig has: size, deter,"),
@@ -173,3 +177,69 @@ def test_a_leaf_only_key_gets_its_parents_back():
 def test_harmony_mode_off_survives_yaml_booleans() -> None:
     # YAML 1.1 reads a bare `off` as false; on the command line and in presets it means the mode
     assert load_config("cartpole", ["agent.harmony.mode=off"]).agent.harmony.mode == "off"
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_config_lists_every_key_with_type_default_and_doc(capsys):
+    assert main(["config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [row for group in key_docs().values() for row in group]
+    assert len(rows) == len({row.key for row in rows}) > 90
+    for row in rows:
+        line = next(line for line in lines if line.split()[:1] == [row.key])
+        assert row.type in line and f"  {row.default}  " in line and line.endswith(row.doc), line
+    assert "[agent.model]" in lines and "  agent.model.size         str         S     a row of DreamerV3's size table (SIZES): debug | XS | S | M | L | XL" in lines
+    with pytest.raises(SystemExit):
+        main(["config", "run.steps=3"])
+
+
+def test_every_config_key_has_a_doc():
+    undocumented = [row.key for group in key_docs().values() for row in group if not row.doc]
+    assert not undocumented, f"give these fields a comment (on their line or just above) in system/config.py or learner/config.py: {undocumented}"
+
+
+def test_readme_table_is_the_generated_one(capsys):
+    assert main(["config", "--markdown"]) == 0
+    generated = capsys.readouterr().out
+    assert generated == config_markdown()
+    text = README.read_text()
+    start, end = "<!-- harmonyray config --markdown: start -->", "<!-- harmonyray config --markdown: end -->"
+    assert text.count(start) == text.count(end) == 1
+    table = text.split(start)[1].split(end)[0]
+    assert table.strip() == generated.strip(), f"README.md's table is stale: paste the output of `harmonyray config --markdown` between its {start} and {end} lines"
+
+
+@dataclass
+class _Section:
+    plain: int = 1  # on its line
+    # above it,
+    # over two lines
+    above: str | None = None
+    bare: float = 0.5
+
+    # after a blank line
+    multi: dict[str, float] = field(  # and on its first line
+        default_factory=lambda: {"b": 2.0, "a": 1.0}
+    )
+
+
+@dataclass
+class _Schema:
+    top: bool = True  # a top-level key
+    section: _Section = field(default_factory=_Section)
+    tail: list[str] = field(default_factory=lambda: ["x"])  # after a section
+
+
+def test_the_docs_come_from_each_fields_comments():
+    """So any field given a comment is documented, wherever the comment sits."""
+    assert key_docs(_Schema) == {
+        "": [KeyDoc("top", "bool", "true", "a top-level key"), KeyDoc("tail", "list[str]", "[x]", "after a section")],
+        "section": [
+            KeyDoc("section.plain", "int", "1", "on its line"),
+            KeyDoc("section.above", "str | None", "null", "above it, over two lines"),
+            KeyDoc("section.bare", "float", "0.5", ""),
+            KeyDoc("section.multi", "dict[str, float]", "{b: 2.0, a: 1.0}", "after a blank line and on its first line"),
+        ],
+    }

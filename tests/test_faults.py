@@ -28,7 +28,7 @@ from learner.learner_actor import Learner, NonFiniteError
 from replay import ReplayService
 from system.driver import Run, make_logdir
 from system.metrics import read_metrics
-from system.supervisor import RunnersFailed
+from system.failures import RunnersFailed
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import FAKES, start_local_ray
+from conftest import FAKES
 from test_presets import TINY
 
 from system.config import load_config
@@ -15,12 +15,9 @@ from system.metrics import read_metrics
 
 
 @pytest.fixture
-def fake_minedojo(ray_local):
+def fake_minedojo(free_ray):
     """`import minedojo` finds the fake in this process too (the driver builds the env once), on
-    the shared cluster (started again if a module left one of its own running)."""
-    held = ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]
-    if held or ray_local.cluster_resources().get("minecraft", 0) < 2:
-        start_local_ray()  # actors an earlier module left behind would hold CPUs the run needs
+    the shared cluster with its CPUs free (conftest's `free_ray`)."""
     sys.path.insert(0, FAKES)
     yield
     sys.path.remove(FAKES)

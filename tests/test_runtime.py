@@ -5,7 +5,7 @@ import torch
 
 from system.checkpoint import list_checkpoints, load_checkpoint
 from system.config import load_config
-from system.driver import Run, load_run_config, make_logdir, resume, train
+from system.driver import Run, make_logdir
 from system.metrics import read_metrics
 
 TINY = [
@@ -51,24 +51,8 @@ def test_chunks_flow_ratio_holds_and_weights_reach_every_runner(ray_local, tmp_p
         assert any(key in r for r in rows), key
     assert any("episode/return" in r for r in rows)
     assert "eval/return" in rows[-1]
-    assert list_checkpoints(logdir)
-
-
-def test_resume_continues_counters(ray_local, tmp_path):
-    config = tiny_config("run.steps=800")
-    logdir = tmp_path / "run"
-    first = train(config, str(logdir), progress=False)
+    # the shutdown's checkpoint holds the run's final counters and the whole agent
     ckpt = load_checkpoint(list_checkpoints(logdir)[-1])
-    assert ckpt["counters"]["env_steps"] == first.env_steps
-    assert ckpt["agent"]["updates"] == first.updates
+    assert ckpt["counters"]["env_steps"] == summary.env_steps and ckpt["agent"]["updates"] == summary.updates
     assert isinstance(ckpt["agent"]["world_model"]["harmonizer.log_sigma.observation"], torch.Tensor)
 
-    second = resume(str(logdir), ["run.steps=1400"], progress=False)
-    assert second.env_steps >= 1400
-    assert second.updates > first.updates
-    rows = read_metrics(logdir)
-    resumed = [r for r in rows if r["step"] > first.env_steps and "learner/updates" in r]
-    assert resumed and min(r["learner/updates"] for r in resumed) >= first.updates
-    # the limiter continued from the checkpoint: the overall ratio still holds
-    assert abs(second.replay_ratio - 16) / 16 < 0.10
-    assert load_run_config(logdir).run.steps == 800  # the saved config is the original one

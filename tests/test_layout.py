@@ -1,0 +1,58 @@
+"""The top-level layout is the design: what each folder may import (README.md, "Layout")."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("actors", "learner", "replay", "system")
+
+# What each package may import from the others (a module, or a package and all it holds).
+ALLOWED = {
+    "learner": set(),  # models, losses and the Learner actor: nothing of environments, replay or the run
+    "replay": set(),  # chunks and batches of arrays: nothing of models or environments
+    # runners act with the policy-only agent and insert chunks through the replay client
+    "actors": {"learner.policy_agent", "learner.config", "learner.spaces", "replay"},
+    "system": {"actors", "learner", "replay"},  # composes them: the only place that knows the whole
+}
+FORBIDDEN_THIRD_PARTY = {"replay": {"torch"}, "actors": set(), "learner": set(), "system": set()}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def allowed(package: str, module: str) -> bool:
+    return any(module == rule or module.startswith(rule + ".") for rule in ALLOWED[package] | {package})
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imports_only_what_the_layout_allows(package: str) -> None:
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for module in imports_of(path):
+            top = module.split(".")[0]
+            if top in PACKAGES and not allowed(package, module):
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+            if top in FORBIDDEN_THIRD_PARTY[package]:
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []
+
+
+def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text("def f():\n    from system.driver import train\n    import learner.agent\n")
+    found = imports_of(module)
+    assert found == {"system.driver", "learner.agent"}
+    assert not allowed("actors", "system.driver") and not allowed("actors", "learner.agent")
+    assert allowed("actors", "learner.policy_agent") and allowed("actors", "replay.chunk")
