@@ -96,8 +96,6 @@ class RSSM(nn.Module):
         action_proj = self.in_action(action * keep)
         embed_proj = self.post_embed(embed)
         deter, stoch = self.initial(batch, embed.device)
-        if torch.is_grad_enabled():  # as every later step's: one compiled program for all steps, not a second for the first
-            deter, stoch = deter.requires_grad_(), stoch.requires_grad_()
         # one view per step (unbind: a single op, whose backward is one stack, not T scatters)
         steps = zip(keep.unbind(1), action_proj.unbind(1), embed_proj.unbind(1))
         deters, stochs, logits = [], [], []
