@@ -107,6 +107,9 @@ class LearnerConfig:
     # rates x sqrt(N)), linear (each samples train.batch_size, learning rates x N) or split (train.batch_size
     # is split over them, learning rates unchanged: one learner's optimisation, N times the compute)
     scaling: str = "rllib"
+    # Times a run restores its learners from the last checkpoint after one died (killed, out of memory,
+    # node lost) before it stops (exit 1, resumable); an error the training loop raised stops it at once
+    max_restarts: int = 2
     num_gpus: float = -1.0  # -1: one GPU when the cluster has one, else CPU
     num_cpus: float = 1.0  # CPUs Ray reserves for the learner
     threads: int = 0  # torch threads (0: the CPUs given)
@@ -264,6 +267,7 @@ def validate(config: Config) -> None:
         (config.train.prefill >= config.train.batch_size * config.train.seq_len, f"train.prefill ({config.train.prefill}) must be at least one batch, train.batch_size x train.seq_len = {config.train.batch_size * config.train.seq_len} steps"),
         (config.train.seq_len <= config.replay.capacity // max(1, config.replay.shards), f"train.seq_len ({config.train.seq_len}) is longer than a replay shard holds (replay.capacity / replay.shards = {config.replay.capacity // max(1, config.replay.shards)} steps): raise replay.capacity or lower replay.shards"),
         (config.learner.num_learners >= 1, f"learner.num_learners must be >= 1 (got {config.learner.num_learners})"),
+        (config.learner.max_restarts >= 0, f"learner.max_restarts must be >= 0 (got {config.learner.max_restarts})"),
         (config.learner.scaling in SCALING_RULES, f"learner.scaling must be one of {', '.join(SCALING_RULES)} (got {config.learner.scaling!r})"),
         (config.learner.scaling != "split" or config.train.batch_size % config.learner.num_learners == 0,
          f"learner.scaling=split divides train.batch_size ({config.train.batch_size}) over learner.num_learners ({config.learner.num_learners}): make it a multiple, or use scaling=rllib"),

@@ -112,6 +112,7 @@ class Run:
         if self.checkpoint:
             self.stop.saved(self.env_steps_base)
         self.metrics = RunMetrics(self.env_steps_base, int(counters.get("episodes", 0)), config.replay.call_timeout)
+        self.learner_restores = 0  # learner groups restored from a checkpoint in this run
         self.actors = RunActors()
         self.logger: MetricsLogger | None = None
         self.evaluations: EvaluationScheduler | None = None
@@ -182,7 +183,12 @@ class Run:
         shown = {"ret": "-", "eval": "-"}  # the latest of each, kept between log steps without episodes
         while not self.stop.requested:  # SIGTERM/SIGINT: stop collecting within a tick
             time.sleep(min(1.0, config.run.log_every))
-            self._check_actors()
+            try:
+                self._check_actors()
+            except LearnerFailed as error:
+                if not error.died or self.learner_restores >= config.learner.max_restarts:
+                    raise
+                self._restore_learners(error)
             now = time.perf_counter()
             if now < next_log:
                 continue
@@ -209,7 +215,8 @@ class Run:
         actors = self.actors
         runner_stats = actors.runners.stats()
         learner_stats = actors.learners.stats()  # {} when busy beyond a minute: report the runners and replay anyway
-        row, progress = self.metrics.row(runner_stats, learner_stats, actors.replay.stats(), actors.runners.metrics())
+        extra = {**actors.runners.metrics(), "learner/restores": self.learner_restores}
+        row, progress = self.metrics.row(runner_stats, learner_stats, actors.replay.stats(), extra)
         self.logger.log(progress.env_steps, row)
         self.stop.env_steps = progress.env_steps
         return row, progress
@@ -220,6 +227,17 @@ class Run:
         kept in the count."""
         self.actors.learners.check()
         self.actors.runners.check()
+
+    def _restore_learners(self, error: LearnerFailed) -> None:
+        """A new learner group from the last checkpoint (the run's start if there is none yet),
+        said in one line; what the old group trained since that checkpoint is trained again."""
+        self.learner_restores += 1
+        checkpoint = latest_checkpoint(self.logdir)
+        since = f"the checkpoint at {checkpoint['counters']['env_steps']:,} env steps" if checkpoint else "fresh weights (no checkpoint yet)"
+        print(f"{error}; restoring the learners from {since} (restore {self.learner_restores} of {self.config.learner.max_restarts})",
+              file=sys.stderr, flush=True)
+        self.actors.restore_learners(self.config, self.obs_spec, self.act_spec, checkpoint["agent"] if checkpoint else None)
+        self.evaluations.learner = self.actors.learners.lead
 
     def _save_checkpoint(self, env_steps: int, timeout: float | None = None) -> None:
         state = {

@@ -25,8 +25,9 @@ VIDEO_WAIT_S = 120.0  # a video that takes longer is skipped
 class EvaluationScheduler:
     def __init__(self, config: Config, learner: ray.actor.ActorHandle, logger: MetricsLogger, logdir: Path,
                  videos: bool, stop: StopSignals, start_step: int):
-        """`videos`: record them at each evaluation (the env has images and `run.eval_video` is on);
-        `start_step`: the env steps the run starts from (non-zero on resume)."""
+        """`learner`: the actor that holds the weights (replaced when the run restores its
+        learners); `videos`: record them at each evaluation (the env has images and
+        `run.eval_video` is on); `start_step`: the env steps the run starts from (non-zero on resume)."""
         self.config, self.learner, self.logger, self.logdir = config, learner, logger, logdir
         self.videos, self.stop = videos, stop
         self.evaluator: ray.actor.ActorHandle | None = None  # started at the first evaluation

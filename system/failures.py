@@ -15,4 +15,10 @@ class RunnersFailed(RunStopped):
 
 
 class LearnerFailed(RunStopped):
-    """A learner died or stopped before the run's end: the group cannot train on without it."""
+    """A learner died or stopped before the run's end: the group cannot train on without it.
+    `died`: its process is gone (killed, out of memory, node lost), as opposed to an error its
+    training loop raised, which a restored learner would meet again."""
+
+    def __init__(self, message: str, died: bool = False):
+        super().__init__(message)
+        self.died = died

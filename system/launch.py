@@ -76,6 +76,15 @@ class RunActors:
         self.placement = self._report_placement()
         self.learners.join()
 
+    def restore_learners(self, config: Config, obs_spec: ObservationSpec, act_spec: ActionSpec, state: dict[str, Any] | None) -> None:
+        """Replace the learner group with a new one of the same shape, starting from `state` (a
+        checkpoint's agent; None: fresh weights). Runners and shards go on meanwhile."""
+        self.learners.release()
+        self.learners = LearnerGroup(config, obs_spec, act_spec, self.replay, self.board, state)
+        self.learners.nodes()
+        self.learners.join()
+        self.learners.run()
+
     def checkpoint_state(self, timeout: float | None) -> dict[str, Any]:
         """The learner's state (weights, optimisers, harmonizers) and the limiter's counters."""
         return {

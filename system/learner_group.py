@@ -102,7 +102,7 @@ class LearnerGroup:
         who = "the learner" if len(self.ranks) == 1 else f"learner rank {rank} of {len(self.ranks)}"
         if outcomes[rank] is None:
             raise LearnerFailed(f"{who} stopped before the run ended")
-        raise LearnerFailed(f"{who} failed ({describe(outcomes[rank])})")
+        raise LearnerFailed(f"{who} failed ({describe(outcomes[rank])})", died=bool(died))
 
     def broken(self) -> bool:
         """A rank died, or some ranks' loops ended and others' did not (the living ones may wait in an

@@ -1,6 +1,7 @@
-"""Data-parallel learners in a run: the ratio holds, runners get rank 0's weights, a dead rank
-stops the run in one line with a checkpoint that `resume` continues (counters, limiter, training)
-with another group size. Ranks on different nodes: tests/test_multinode.py."""
+"""Data-parallel learners in a run: the ratio holds, runners get rank 0's weights, a dead rank is
+restored from the last checkpoint (`learner.max_restarts`), and once none is left it stops the run
+in one line with a checkpoint that `resume` continues (counters, limiter, training) with another
+group size. Ranks on different nodes: tests/test_multinode.py."""
 from __future__ import annotations
 
 import threading
@@ -17,23 +18,28 @@ from system.metrics import read_metrics
 TWO_LEARNERS = ["learner.num_learners=2", "learner.num_cpus=0.5", "train.train_ratio=4", "run.eval_episodes=0"]
 
 
-def test_two_learners_hold_the_ratio_and_a_dead_rank_stops_the_run_resumably(free_ray, tmp_path) -> None:
-    config = tiny_config(*TWO_LEARNERS, "run.steps=1000000", "run.checkpoint_every=2")
+def test_two_learners_hold_the_ratio_a_dead_rank_is_restored_then_stops_the_run_resumably(free_ray, tmp_path, capsys) -> None:
+    config = tiny_config(*TWO_LEARNERS, "run.steps=1000000", "run.checkpoint_every=2", "learner.max_restarts=1")
     logdir = make_logdir(config, str(tmp_path / "run"))
     run = Run(config, logdir, resume=False, progress=False)
     seen: dict = {}
 
-    def kill_rank_1() -> None:
+    def wait_for(condition) -> dict | None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             rows = [r for r in read_metrics(logdir) if "learner/world_size" in r]
-            if rows and rows[-1]["step"] >= 1500 and rows[-1]["runner/min_weight_version"] > 0 and list_checkpoints(logdir):
-                seen["row"] = rows[-1]
-                break
+            if rows and condition(rows[-1]):
+                return rows[-1]
             time.sleep(0.3)
-        free_ray.kill(run.actors.learners.ranks[1], no_restart=True)
+        return None
 
-    killer = threading.Thread(target=kill_rank_1)
+    def kill_one_rank_twice() -> None:
+        seen["row"] = wait_for(lambda r: r["step"] >= 1500 and r["runner/min_weight_version"] > 0 and list_checkpoints(logdir))
+        free_ray.kill(run.actors.learners.ranks[1], no_restart=True)
+        seen["restored"] = wait_for(lambda r: r["learner/restores"] == 1 and r["learner/world_size"] == 2)
+        free_ray.kill(run.actors.learners.ranks[0], no_restart=True)  # the new group's: no restore left
+
+    killer = threading.Thread(target=kill_one_rank_twice)
     killer.start()
     try:
         with pytest.raises(LearnerFailed) as failure:
@@ -42,12 +48,16 @@ def test_two_learners_hold_the_ratio_and_a_dead_rank_stops_the_run_resumably(fre
         killer.join()
         run.release()
     row = seen["row"]
-    assert row["learner/world_size"] == 2 and row["learner/updates"] > 0
+    assert row["learner/world_size"] == 2 and row["learner/updates"] > 0 and row["learner/restores"] == 0
     assert abs(row["replay/ratio"] - 4) / 4 < 0.10, "the limiter counts both learners' samples"
     assert row["runner/min_weight_version"] > 0, "rank 0's weights reached every runner"
     assert {"learner/rank0/updates_per_s", "learner/rank1/data_wait_fraction"} <= row.keys()
+    assert seen["restored"] is not None, "the run went on with a restored group of two"
+    restores = [line for line in capsys.readouterr().err.splitlines() if "restoring the learners" in line]
+    assert len(restores) == 1 and restores[0].startswith("learner rank 1 of 2 failed (")
+    assert restores[0].endswith("env steps (restore 1 of 1)") and "restoring the learners from the checkpoint at" in restores[0]
     message = str(failure.value)
-    assert "\n" not in message and message.startswith("learner rank 1 of 2 failed (")
+    assert "\n" not in message and message.startswith("learner rank 0 of 2 failed (")
     assert f"harmonyray resume {logdir}" in message and "env steps" in message
 
     saved = load_checkpoint(list_checkpoints(logdir)[-1])
