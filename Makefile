@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := dev,atari,crafter,metaworld,video
+EXTRAS := dev,atari,crafter,metaworld,video,report
 
 .PHONY: demo test install clean
 

@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_p.add_argument("--episodes", type=int, default=None)
     config_p = sub.add_parser("config", help="every config key with its type, default and doc")
     config_p.add_argument("--markdown", action="store_true", help="as Markdown tables (README.md's \"Configuration keys\")")
+    report_p = sub.add_parser("report", help="statistics over seeds per setting of the runs in a folder (report.md, report.csv, curves.png)")
+    report_p.add_argument("dir", help="a folder of runs (e.g. a sweep's)")
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command in ("eval", "config") or any(e.startswith("-") for e in extra)):
+    if extra and (args.command in ("eval", "config", "report") or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:  # overrides after an option (`resume LOGDIR --no-progress run.steps=...`) that argparse left over
         args.overrides += extra
@@ -63,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(config_markdown() if args.markdown else config_text(), end="")
+        return 0
+    if args.command == "report":
+        from system.report import write_report  # scipy and matplotlib only here
+
+        root = Path(args.dir)
+        write_report(root)
+        print((root / "report.md").read_text(), end="")
+        print(f"written: {root / 'report.md'}, {root / 'report.csv'}, {root / 'curves.png'}", file=sys.stderr)
         return 0
     from system import driver  # Ray and torch load only once the arguments are valid
 
