@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,18 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     assert found == {"system.driver", "learner.agent"}
     assert not allowed("actors", "system.driver") and not allowed("actors", "learner.agent")
     assert allowed("actors", "learner.policy_agent") and allowed("actors", "replay.chunk")
+
+
+def test_the_model_and_the_train_step_benchmark_import_with_torch_and_numpy_alone() -> None:
+    """bench/gpu.sh runs bench/train_step.py on GPU machines that have torch and numpy only."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.partition('.')[0] in ('ray', 'gymnasium', 'omegaconf', 'yaml', 'scipy', 'wandb', 'matplotlib'):\n"
+        "            raise ImportError(f'{name} is not on a GPU machine')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import learner.agent, learner.distributed, learner.policy_agent, bench.train_step\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
