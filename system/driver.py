@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,8 @@ from system.run_metrics import Progress, RunMetrics
 from system.supervisor import answers
 
 CONFIG_FILE = "config.yaml"
+CHECKPOINT_TIMEOUT_S = 300.0  # for a periodic checkpoint's state (an XL agent with its optimiser is a few GB)
+LEARNER_END_S = 10.0  # after a learner call failed, how long Ray may take to report its loop ended
 
 
 @dataclass
@@ -183,12 +186,7 @@ class Run:
         shown = {"ret": "-", "eval": "-"}  # the latest of each, kept between log steps without episodes
         while not self.stop.requested:  # SIGTERM/SIGINT: stop collecting within a tick
             time.sleep(min(1.0, config.run.log_every))
-            try:
-                self._check_actors()
-            except LearnerFailed as error:
-                if not error.died or self.learner_restores >= config.learner.max_restarts:
-                    raise
-                self._restore_learners(error)
+            self._survive_learner_death(self._check_actors)
             now = time.perf_counter()
             if now < next_log:
                 continue
@@ -203,7 +201,8 @@ class Run:
             bar.set_postfix(**shown, upd=progress.updates, ratio=f"{progress.replay_ratio:.0f}")
             self.evaluations.maybe_start(progress.env_steps)
             if now >= next_ckpt:
-                self._save_checkpoint(progress.env_steps)
+                env_steps = progress.env_steps
+                self._survive_learner_death(lambda: self._save_checkpoint(env_steps, timeout=CHECKPOINT_TIMEOUT_S))
                 next_ckpt = now + config.run.checkpoint_every
             if progress.env_steps >= config.run.steps:
                 break
@@ -228,6 +227,16 @@ class Run:
         self.actors.learners.check()
         self.actors.runners.check()
 
+    def _survive_learner_death(self, step: Callable[[], None]) -> None:
+        """Run a step of the watch loop; if it finds a learner dead, restore the group from the last
+        checkpoint (at most `learner.max_restarts` times a run), else let LearnerFailed stop the run."""
+        try:
+            step()
+        except LearnerFailed as error:
+            if not error.died or self.learner_restores >= self.config.learner.max_restarts:
+                raise
+            self._restore_learners(error)
+
     def _restore_learners(self, error: LearnerFailed) -> None:
         """A new learner group from the last checkpoint (the run's start if there is none yet),
         said in one line; what the old group trained since that checkpoint is trained again."""
@@ -240,8 +249,15 @@ class Run:
         self.evaluations.learner = self.actors.learners.lead
 
     def _save_checkpoint(self, env_steps: int, timeout: float | None = None) -> None:
+        """Gather the actors' state and write it; a learner that died meanwhile (or whose rank 0
+        waits on a dead peer past the timeout) is reported as LearnerFailed, not as Ray's error."""
+        try:
+            actors_state = self.actors.checkpoint_state(timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            self.actors.learners.check(wait_s=LEARNER_END_S)  # LearnerFailed when a learner's loop ended
+            raise
         state = {
-            **self.actors.checkpoint_state(timeout),
+            **actors_state,
             "counters": {"env_steps": env_steps, "episodes": self.metrics.episodes},
             "model": self.signature,
         }

@@ -6,6 +6,7 @@ and the world model's open-loop predictions on the learner's last batch.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from system.cluster import on_driver_node
 from system.config import Config
 from system.interrupt import StopSignals
 from system.metrics import MetricsLogger
+from system.supervisor import describe
 from system.video import save_videos
 
 READY_GET_S = 60.0  # fetching a result ray.wait found ready: only its transfer is left
@@ -47,7 +49,13 @@ class EvaluationScheduler:
         """Log the evaluation in flight if it finished (or once it finishes, with `wait`); its result."""
         if self._result is None or not (wait or ray.wait([self._result], timeout=0)[0]):
             return None
-        result = ray.get(self._result, timeout=READY_GET_S)
+        try:
+            result = ray.get(self._result, timeout=READY_GET_S)
+        except ray.exceptions.RayError as error:  # e.g. the learner died before handing its weights over
+            print(f"evaluation at {self._step:,} env steps failed ({describe(error)}); the next one runs as planned",
+                  file=sys.stderr, flush=True)
+            self._result, self._video_refs = None, {}
+            return None
         self._result = None
         self.logger.log(self._step, {f"eval/{k}": v for k, v in result.items()})
         if self._video_refs:
@@ -67,7 +75,8 @@ class EvaluationScheduler:
         self._start(env_steps)
         if not self._await():
             return None
-        return self.poll(wait=True)["return"]
+        result = self.poll(wait=True)
+        return None if result is None else result["return"]
 
     def _start(self, env_steps: int) -> None:
         config = self.config

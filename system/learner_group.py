@@ -80,11 +80,11 @@ class LearnerGroup:
     def run_refs(self) -> list[ray.ObjectRef]:
         return list(self._runs)
 
-    def check(self) -> None:
-        """LearnerFailed (one line) once any rank's loop ended: before the run's end that is a
-        failure, whether the rank died or raised. Of several ranks that ended, one that died is
-        named: the others' all-reduce failed because of it."""
-        done, _ = ray.wait(self._runs, num_returns=1, timeout=0)
+    def check(self, wait_s: float = 0.0) -> None:
+        """LearnerFailed (one line) once any rank's loop ended (waiting up to `wait_s` for one to):
+        before the run's end that is a failure, whether the rank died or raised. Of several ranks
+        that ended, one that died is named: the others' all-reduce failed because of it."""
+        done, _ = ray.wait(self._runs, num_returns=1, timeout=wait_s)
         if not done:
             return
         if len(self._runs) > 1:  # the others notice a dead peer within moments: name the cause
