@@ -202,7 +202,7 @@ class Run:
             self.evaluations.maybe_start(progress.env_steps)
             if now >= next_ckpt:
                 env_steps = progress.env_steps
-                self._survive_learner_death(lambda: self._save_checkpoint(env_steps, timeout=CHECKPOINT_TIMEOUT_S))
+                self._survive_learner_death(lambda: self._periodic_checkpoint(env_steps))
                 next_ckpt = now + config.run.checkpoint_every
             if progress.env_steps >= config.run.steps:
                 break
@@ -247,6 +247,15 @@ class Run:
               file=sys.stderr, flush=True)
         self.actors.restore_learners(self.config, self.obs_spec, self.act_spec, checkpoint["agent"] if checkpoint else None)
         self.evaluations.learner = self.actors.learners.lead
+
+    def _periodic_checkpoint(self, env_steps: int) -> None:
+        """A checkpoint during the run; one whose state does not come in time (a busy machine, a
+        slow network) is skipped with one line, not fatal: the next is tried as planned."""
+        try:
+            self._save_checkpoint(env_steps, timeout=CHECKPOINT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            print(f"checkpoint at {env_steps:,} env steps skipped: the actors' state did not come within "
+                  f"{CHECKPOINT_TIMEOUT_S:g} s; the next one is tried as planned", file=sys.stderr, flush=True)
 
     def _save_checkpoint(self, env_steps: int, timeout: float | None = None) -> None:
         """Gather the actors' state and write it; a learner that died meanwhile (or whose rank 0
