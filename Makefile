@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := dev,atari,crafter,metaworld,video,report
+EXTRAS := dev,atari,crafter,metaworld,video,report,sweep
 
 .PHONY: demo test install clean
 

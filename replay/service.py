@@ -98,7 +98,7 @@ class ReplayService:
         max_restarts: int = -1,
         seed: int | None = None,
         num_cpus: float = 0,
-        placement: dict[str, Any] | None = None,
+        placement: dict[str, Any] | list[dict[str, Any]] | None = None,
         **client_options: Any,
     ) -> ReplayService:
         """Start num_shards shard actors in ``<root>/shard_<i>``, splitting capacity (total steps) evenly.
@@ -106,6 +106,7 @@ class ReplayService:
         recency_half_life is in total steps; each shard sees about 1/num_shards of them, so it
         applies recency_half_life / num_shards of its own steps. priority_alpha is the exponent that
         'priority' mode raises priorities to (0: uniform, 1: proportional; DreamerV3 uses 0.6).
+        placement: Ray actor options for every shard, or a list of each shard's own.
         """
         if not 1 <= num_shards <= capacity:
             raise ValueError(f"need 1 <= num_shards <= capacity, got {num_shards} and {capacity}")
@@ -118,7 +119,7 @@ class ReplayService:
                 capacity // num_shards + (i < capacity % num_shards),
                 max_restarts=max_restarts,
                 num_cpus=num_cpus,
-                placement=placement,
+                placement=placement[i] if isinstance(placement, list) else placement,
                 mode=mode,
                 recency_half_life=half_life,
                 priority_alpha=priority_alpha,

@@ -1,4 +1,4 @@
-"""`harmonyray train | resume | eval | config`: the command line.
+"""`harmonyray train | resume | eval | sweep | report | config`: the command line.
 
 Anything the user must fix (config, environment, checkpoint, cluster) ends with one line on
 stderr and exit code 2; nothing is written for a run that could not start. SIGTERM or SIGINT of
@@ -20,6 +20,7 @@ from system.config import ConfigError, load_config
 from system.config_docs import config_markdown, config_text
 from system.failures import RunStopped
 from system.interrupt import Interrupted, StopSignals
+from system.sweep import SweepIncomplete
 
 USER_ERRORS = (ConfigError, UnknownEnvError, MissingDependencyError, ObservationShapeError, CheckpointError, ClusterError)
 
@@ -41,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     eval_p.add_argument("--episodes", type=int, default=None)
     config_p = sub.add_parser("config", help="every config key with its type, default and doc")
     config_p.add_argument("--markdown", action="store_true", help="as Markdown tables (README.md's \"Configuration keys\")")
+    sweep_p = sub.add_parser("sweep", help="every combination of --grid values x --seeds as trials of Ray Tune, then a report")
+    sweep_p.add_argument("--config", help="preset name (configs/NAME.yaml) or a YAML path")
+    sweep_p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a config key and its values (repeatable)")
+    sweep_p.add_argument("--seeds", type=int, default=1, help="seeds per setting: run.seed, run.seed+1, ...")
+    sweep_p.add_argument("--logdir", help="the sweep's folder (default: runs/sweep-PRESET-TIME)")
+    sweep_p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)")
+    sweep_p.add_argument("--resume", metavar="DIR", help="finish the sweep in DIR: finished trials stay, the others resume")
+    sweep_p.add_argument("overrides", nargs="*", help="key=value for every trial, e.g. run.steps=20000")
     report_p = sub.add_parser("report", help="statistics over seeds per setting of the runs in a folder (report.md, report.csv, curves.png)")
     report_p.add_argument("dir", help="a folder of runs (e.g. a sweep's)")
     args, extra = parser.parse_known_args(argv)
@@ -56,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as error:  # runners or learners failed (a checkpoint stands): one line, no traceback
         print(f"harmonyray: run stopped: {error}", file=sys.stderr)
         return 1
+    except SweepIncomplete as error:  # some trials failed; the rest are reported
+        print(f"harmonyray: sweep incomplete: {error}", file=sys.stderr)
+        return 1
     except Interrupted as stop:  # SIGTERM/SIGINT: checkpoint written, W&B and Ray shut down
         sys.stderr.flush()
         stop.report()
@@ -66,6 +78,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(config_markdown() if args.markdown else config_text(), end="")
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "report":
         from system.report import write_report  # scipy and matplotlib only here
 
@@ -84,6 +98,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(summary.__dict__))
     print(f"metrics: {Path(summary.logdir) / 'metrics.jsonl'} (W&B files under {Path(summary.logdir) / 'wandb'})", file=sys.stderr)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """`sweep`: a new one from --config and --grid, or `--resume DIR`; Ray shut down if started here."""
+    import ray
+
+    from system.sweep import SweepSpec, default_root, parse_grid, sweep
+
+    if args.resume and (args.config or args.grid or args.logdir or args.seeds != 1):
+        raise ConfigError("--resume DIR takes the sweep's own --config, --grid, --seeds and folder; "
+                          "give only --max-concurrent and key=value overrides with it")
+    started_here = not ray.is_initialized()
+    try:
+        if args.resume:
+            root = Path(args.resume).absolute()
+            sweep(None, root, resume=True, extra=args.overrides, max_concurrent=args.max_concurrent)
+        else:
+            if not args.config:
+                raise ConfigError("harmonyray sweep needs --config PRESET (or --resume DIR)")
+            config = str(Path(args.config).absolute()) if Path(args.config).suffix in (".yaml", ".yml") else args.config
+            spec = SweepSpec(config, parse_grid(args.grid), args.seeds, list(args.overrides), args.max_concurrent)
+            root = default_root(spec, args.logdir)
+            sweep(spec, root)
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
+    print((root / "report.md").read_text(), end="")
+    print(f"written: {root / 'report.md'}, {root / 'report.csv'}, {root / 'curves.png'}", file=sys.stderr)
     return 0
 
 

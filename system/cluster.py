@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import get_current_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from system.config import Config, RayConfig
 
@@ -84,6 +85,10 @@ def check_resources(config: Config) -> None:
     """What the run asks of the cluster exists (a GPU for the learner, if demanded; GPUs for
     runners that ask for a share of one)."""
     learner_options(config)
+    group = get_current_placement_group()
+    if group is not None and len(group.bundle_specs) != len(run_bundles(config)):
+        raise ClusterError(f"the run is inside a placement group of {len(group.bundle_specs)} bundles, but its config asks for "
+                           f"{len(run_bundles(config))} (one per learner, runner and replay shard with resources): start it outside")
     if config.runners.num_gpus > 0 and not has_gpu():
         raise ClusterError(f"runners.num_gpus={config.runners.num_gpus:g} but the cluster has no GPU: set runners.num_gpus=0 (act on CPUs) or add GPU nodes")
     wanted = runner_options(config).get("resources", {})
@@ -104,7 +109,8 @@ def has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def learner_options(config: Config) -> dict[str, Any]:
+def learner_options(config: Config, rank: int | None = None) -> dict[str, Any]:
+    """Ray options of a learner; with `rank`, also where it goes when the run has bundles of its own."""
     num_gpus = config.learner.num_gpus
     if num_gpus < 0:
         num_gpus = 1.0 if has_gpu() else 0.0
@@ -113,22 +119,30 @@ def learner_options(config: Config) -> dict[str, Any]:
         raise ClusterError(f"learner.num_gpus={num_gpus:g} but the cluster has {available:g} GPU(s): set learner.num_gpus=-1 (auto) or 0, or add GPU nodes")
     if config.agent.device.startswith("cuda") and num_gpus == 0:
         raise ClusterError("agent.device asks for CUDA but the learner gets no GPU: set learner.num_gpus=1 on a GPU cluster, or agent.device=auto")
-    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": config.learner.num_cpus, "max_concurrency": 4}
+    options: dict[str, Any] = {"num_cpus": config.learner.num_cpus, "num_gpus": num_gpus, "max_concurrency": 4}
     if config.learner.resources:
         options["resources"] = dict(config.learner.resources)
+    if rank is not None:
+        options.update(_in_run_bundle(config, "learners", rank))
     return options
 
 
 def on_driver_node() -> dict[str, Any]:
-    """Actor options for the run's singletons (rate limiter, weight board): on the driver's node,
-    so that they share the driver's fate instead of dying with whatever worker they landed on."""
+    """Actor options for the run's singletons (rate limiter, weight board, evaluator): on the
+    driver's node, so that they share the driver's fate instead of dying with whatever worker they
+    landed on. In a run's own placement group (a sweep trial) that is bundle 0, where the trial's
+    driver sits."""
+    group = get_current_placement_group()
+    if group is not None:
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)}
     node = ray.get_runtime_context().get_node_id()
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
-def runner_options(config: Config) -> dict[str, Any]:
+def runner_options(config: Config, index: int | None = None) -> dict[str, Any]:
     """Runners spread over the nodes that have the resources they ask for: their own, plus
-    `resources_per_env` for each of their envs (what caps the simulator instances of a node)."""
+    `resources_per_env` for each of their envs (what caps the simulator instances of a node).
+    With `index`, runner `index` goes to its bundle when the run has bundles of its own."""
     runners = config.runners
     options: dict[str, Any] = {
         "num_cpus": runners.num_cpus,
@@ -142,6 +156,8 @@ def runner_options(config: Config) -> dict[str, Any]:
         resources[name] = resources.get(name, 0.0) + amount * runners.envs
     if resources:
         options["resources"] = resources
+    if index is not None:
+        options.update(_in_run_bundle(config, "runners", index))
     return options
 
 
@@ -150,15 +166,60 @@ def runner_device(config: Config) -> str:
     return "cuda" if config.runners.num_gpus > 0 else "cpu"
 
 
-def shard_placement(config: Config) -> dict[str, Any]:
+def shard_placement(config: Config, index: int | None = None) -> dict[str, Any]:
     """Replay shards spread over the nodes that have what they ask for (memory, resources).
 
     SPREAD is a preference, not a pin: when a node is lost, Ray re-creates its shards (and runners)
     on the nodes left, where they reload their files from the shared logdir. A resource that only
-    one node has (e.g. `{worker1: 0.5}`) pins them: they then wait for that node to come back."""
+    one node has (e.g. `{worker1: 0.5}`) pins them: they then wait for that node to come back.
+    With `index`, shard `index` goes to its bundle when the run has bundles of its own."""
     options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
     if config.replay.memory_gb > 0:
         options["memory"] = int(config.replay.memory_gb * 2**30)
     if config.replay.resources:
         options["resources"] = dict(config.replay.resources)
+    if index is not None:
+        options.update(_in_run_bundle(config, "shards", index))
     return options
+
+
+# ---------------------------------------------------------------- a run in a placement group of its own
+# A sweep (system/sweep.py) reserves all that a trial's run asks for as one placement group, so that
+# trials start whole or wait. Ray does not put an actor with a scheduling strategy of its own into
+# the group of the task that starts it, so every actor of such a run is pinned to a bundle: one per
+# learner, per runner and per replay shard that asks for resources, in that order. An actor free to
+# take any bundle could take another's and leave that one nowhere to go.
+ROLES = ("learners", "runners", "shards")
+
+
+def run_bundles(config: Config) -> list[dict[str, float]]:
+    """The bundles that hold one run's actors (what a sweep reserves per trial)."""
+    return [bundle for role in ROLES for bundle in _role_bundles(config, role) if bundle]
+
+
+def _role_bundles(config: Config, role: str) -> list[dict[str, float]]:
+    if role == "learners":
+        options, count = learner_options(config), config.learner.num_learners
+    elif role == "runners":
+        options, count = runner_options(config), config.runners.count
+    else:
+        options, count = shard_placement(config), config.replay.shards
+        options["num_cpus"] = config.replay.num_cpus
+    bundle = {"CPU": options.get("num_cpus", 0.0), "GPU": options.get("num_gpus", 0.0), **options.get("resources", {})}
+    if "memory" in options:
+        bundle["memory"] = options["memory"]
+    return [{name: float(amount) for name, amount in bundle.items() if amount > 0}] * count
+
+
+def _in_run_bundle(config: Config, role: str, index: int) -> dict[str, Any]:
+    """The scheduling strategy that puts actor `index` of `role` into its bundle of the run's own
+    placement group; nothing when the run has none (its actors are placed as above)."""
+    group = get_current_placement_group()
+    if group is None:
+        return {}
+    first = 0
+    for earlier in ROLES[:ROLES.index(role)]:
+        first += sum(1 for bundle in _role_bundles(config, earlier) if bundle)
+    bundle = _role_bundles(config, role)[index]
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        group, placement_group_bundle_index=first + index if bundle else -1, placement_group_capture_child_tasks=False)}

@@ -130,6 +130,7 @@ class WandbConfig:
     project: str = "harmonyray"  # W&B project
     entity: str | None = None  # W&B team or user (null: your default)
     group: str | None = None  # W&B group the run joins (null: none)
+    tags: list[str] = field(default_factory=list)  # labels of the W&B run (a sweep sets its grid values, e.g. agent.harmony.mode=off)
 
 
 @dataclass

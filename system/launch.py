@@ -31,7 +31,7 @@ RUNNER_WHERE_S = 120.0  # a runner that has not started by then is reported as n
 
 def start_runner(config: Config, index: int, replay: ReplayService, board: ray.actor.ActorHandle, **options: Any) -> ray.actor.ActorHandle:
     """EnvRunner `index` as a run starts it; `options` override its Ray actor options."""
-    return ray.remote(EnvRunner).options(**{**runner_options(config), **options}).remote(
+    return ray.remote(EnvRunner).options(**{**runner_options(config, index), **options}).remote(
         index, config.env.name, dict(config.env.options), config.runners.envs, config.runners.chunk_length,
         config.run.seed, config.agent, replay, board, step_timeout=config.runners.step_timeout,
         insert_batch=config.runners.insert_batch, insert_linger=config.runners.insert_linger,
@@ -61,7 +61,7 @@ class RunActors:
         replay = config.replay
         self.replay = ReplayService.create(
             replay.shards, str(logdir / "replay"), replay.capacity, limiter=self.limiter, mode=replay.sampling,
-            seed=config.run.seed, num_cpus=replay.num_cpus, placement=shard_placement(config), call_timeout_s=replay.call_timeout,
+            seed=config.run.seed, num_cpus=replay.num_cpus, placement=[shard_placement(config, i) for i in range(replay.shards)], call_timeout_s=replay.call_timeout,
             recency_half_life=replay.recency_half_life, priority_alpha=replay.priority_exponent,
         )
         self.board = make_weight_board(**on_driver_node())

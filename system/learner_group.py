@@ -1,7 +1,8 @@
 """The run's learners: one Learner actor, or `learner.num_learners` data-parallel ranks.
 
 N ranks start together or not at all: one placement group holds a bundle of the per-learner
-resources for each (PACK: on as few nodes as fit, fewest network hops for the all-reduce). Once all
+resources for each (PACK: on as few nodes as fit, fewest network hops for the all-reduce); a run
+that has a placement group of its own (a sweep trial's) uses its learner bundles instead. Once all
 are placed they join one torch.distributed group (learner/distributed.py), meeting on 127.0.0.1 when
 all run on one node. Rank 0 answers for the group: it publishes weights, and its state is what a
 checkpoint holds (every rank holds the same); the others report their timing.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from learner.distributed import GroupShape
@@ -36,14 +37,15 @@ class LearnerGroup:
         """Place and start the learners (all ranks load `state`, a checkpoint's agent, when given)."""
         train, n = config.train, config.learner.num_learners
         self.shape = GroupShape.of(n, train.batch_size, config.learner.scaling)
-        options = learner_options(config)
-        self.placement_group = self._place(options, n) if n > 1 else None
+        in_run_group = get_current_placement_group() is not None  # a sweep trial's: it holds a bundle per learner
+        self.placement_group = self._place(learner_options(config), n) if n > 1 and not in_run_group else None
         agent_config = self.shape.agent_config(config.agent)
         self.ranks: list[ray.actor.ActorHandle] = []
         for rank in range(n):
-            where = {} if self.placement_group is None else {
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)}
-            self.ranks.append(ray.remote(Learner).options(**options, **where).remote(
+            options = learner_options(config, rank)
+            if self.placement_group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)
+            self.ranks.append(ray.remote(Learner).options(**options).remote(
                 obs_spec, act_spec, agent_config, replay, board,
                 self.shape.batch_size, train.seq_len, train.publish_every, train.prefetch,
                 config.learner.threads or int(max(1, config.learner.num_cpus)), config.run.max_nonfinite_updates,

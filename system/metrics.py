@@ -38,7 +38,7 @@ class MetricsLogger:
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
             self._wandb = wandb.init(
-                project=config.project, entity=config.entity, group=config.group, name=name,
+                project=config.project, entity=config.entity, group=config.group, tags=list(config.tags) or None, name=name,
                 id=run_id, resume="allow", mode=mode, dir=str(logdir), config=run_config,
             )
             # Rows are keyed by env step as a field, not W&B's own step: W&B drops a row whose step

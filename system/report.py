@@ -28,7 +28,7 @@ from system.metrics import read_metrics
 
 RETURN = "eval/return"
 ENV_SCORES = ("eval/human_normalized_score", "eval/crafter_score", "eval/success")  # where the env defines one
-NOT_A_SETTING = ("run.seed", "run.logdir")  # runs that differ only here are seeds of one setting
+NOT_A_SETTING = ("run.seed", "run.logdir", "wandb.group", "wandb.tags")  # runs that differ only here are seeds of one setting
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 CURVE_POINTS = 50

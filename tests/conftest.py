@@ -10,20 +10,33 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-FAKES = str(Path(__file__).resolve().parent / "fakes")  # a fake `minedojo` package (tests/fakes/minedojo)
+TESTS = str(Path(__file__).resolve().parent)
+FAKES = str(Path(TESTS) / "fakes")  # a fake `minedojo` package (tests/fakes/minedojo)
+# Modules that start Ray clusters of their own run last, in this order, so that the shared
+# embedded cluster starts once: network_exposure's embedded cluster, then the simulated multi-node
+# cluster, which the others share (node_loss removes a node: it comes last).
+OWN_CLUSTERS_LAST = ("test_network_exposure.py", "test_resume_kill.py", "test_multinode.py", "test_node_loss.py")
 
 
-def start_local_ray(*paths: str) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return OWN_CLUSTERS_LAST.index(name) + 1 if name in OWN_CLUSTERS_LAST else 0
+
+    items.sort(key=rank)  # stable: the order within each group stays
+
+
+def start_local_ray() -> None:
     """The embedded cluster the tests share (2 CPUs, token auth on by default, no dashboard). Its
     node offers 4 Minecraft instances (the `minecraft` resource the minecraft preset asks per env),
-    and its workers can import the fake `minedojo` and modules under `paths` (they inherit
-    PYTHONPATH from the process that starts the cluster; this process imports the fake only where a
-    test puts it on sys.path)."""
+    and its workers can import the fake `minedojo` and the modules of this folder (e.g. fault_envs;
+    they inherit PYTHONPATH from the process that starts the cluster; this process imports the fake
+    only where a test puts it on sys.path)."""
     import ray
 
     ray.shutdown()
     before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FAKES, *paths, before) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FAKES, TESTS, before) if p)
     try:
         ray.init(address="local", num_cpus=2, resources={"minecraft": 4}, include_dashboard=False, log_to_driver=False)
     finally:
@@ -51,10 +64,11 @@ def free_ray(ray_local):
     yield ray_local
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_multinode():
     """A head and two worker nodes on this machine (`ray.cluster_utils.Cluster`), each with a
-    custom resource so that tests can check where actors land."""
+    custom resource so that tests can check where actors land. One for the session: the modules
+    that use it run last (OWN_CLUSTERS_LAST)."""
     import ray
     from ray.cluster_utils import Cluster
 

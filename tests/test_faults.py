@@ -12,7 +12,6 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from conftest import start_local_ray
 from fault_envs import HangingCartPole
 from test_agent import make_agent, make_batch
 from test_runtime import tiny_config
@@ -29,18 +28,6 @@ from replay import ReplayService
 from system.driver import Run, make_logdir
 from system.metrics import read_metrics
 from system.failures import RunnersFailed
-
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """Like conftest's, but the runner processes can import this directory's fault_envs."""
-    import ray
-
-    start_local_ray(TESTS_DIR)
-    yield ray
-
 
 class CrashOnStep(gymnasium.Wrapper):
     """Raises on one given step, like a simulator that dies mid-episode."""

@@ -5,13 +5,14 @@ import time
 from pathlib import Path
 
 from system.config import WandbConfig
-from system.metrics import MetricsLogger, best_evaluation, read_metrics
+from system.metrics import RUN_ID_FILE, MetricsLogger, best_evaluation, read_metrics
 
 
-def test_an_evaluation_logged_after_later_training_rows_still_reaches_wandb(tmp_path: Path) -> None:
+def test_an_evaluation_logged_after_later_training_rows_still_reaches_wandb_and_a_resumed_run_the_same_run(tmp_path: Path) -> None:
     # The driver logs a periodic evaluation at the env step it started at, after the training
     # rows logged while it ran: W&B drops rows whose own step goes backwards.
-    logger = MetricsLogger(tmp_path, WandbConfig(mode="offline"), {"preset": "test"}, name="test")
+    wandb = WandbConfig(mode="offline", group="sweep-a", tags=["agent.harmony.mode=off"])  # as a sweep's trial sets them
+    logger = MetricsLogger(tmp_path, wandb, {"preset": "test"}, name="test")
     logger.log(1000, {"episode/return": 20.0})
     logger.log(500, {"eval/return": 123.5})
     logger.log(1500, {"episode/return": float("nan")})
@@ -24,6 +25,14 @@ def test_an_evaluation_logged_after_later_training_rows_still_reaches_wandb(tmp_
     while b"eval/return" not in (written := run_file.read_bytes()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert b"eval/return" in written and written.count(b"env_step") >= 3
+    assert b"sweep-a" in written and b"agent.harmony.mode=off" in written, "the run's W&B group and tags"
+    run_id = (tmp_path / RUN_ID_FILE).read_text().strip()
+    resumed = MetricsLogger(tmp_path, wandb, {"preset": "test"}, name="test")  # what a resumed run does
+    resumed.log(2000, {"episode/return": 30.0})
+    resumed.close()
+    assert (tmp_path / RUN_ID_FILE).read_text().strip() == run_id
+    runs = [d.name for d in tmp_path.glob("wandb/offline-run-*")]  # one folder per start (the same one within a second)
+    assert runs and all(name.endswith(f"-{run_id}") for name in runs), "the resumed run logs to the same W&B run id"
 
 
 def test_best_evaluation_spans_the_whole_file_and_keeps_the_earliest_of_equals(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """A short training run on a simulated multi-node cluster (head + 2 workers on this machine):
 runners, shards and two data-parallel learners land where their configured resources are, and the
-learners train as one group across nodes."""
+learners train as one group across nodes. (tests/test_resume_kill.py resumes a sweep there.)"""
 from __future__ import annotations
 
 from test_runtime import tiny_config
@@ -18,7 +18,7 @@ def test_runners_spread_over_workers_and_learners_follow_their_resource(ray_mult
     )
     logdir = make_logdir(config, str(tmp_path / "run"))
     run = Run(config, logdir, resume=False, progress=False)
-    summary = run.execute()
+    summary = run.execute_and_release()  # the learners' placement group too: the cluster is shared with later tests
     worker_ids = {w.node_id for w in workers}
     assert set(run.placement["runners"]) == worker_ids, "one runner on each worker node"
     assert sorted(run.placement["learners"]) == sorted(worker_ids), "one learner on each worker offering `trainer`: the group spans two nodes"

@@ -1,0 +1,57 @@
+"""`harmonyray sweep`: the trials a grid and seeds make, and bad grids refused before anything
+starts. The sweep itself (trials two at a time, kill -9, --resume on two nodes) is run in
+tests/test_multinode.py, on that module's simulated cluster."""
+from __future__ import annotations
+
+import pytest
+
+from system.cli import main
+from system.sweep import SweepSpec, parse_grid, plan
+
+
+def test_a_grid_times_seeds_makes_one_trial_each_named_grouped_and_tagged(tmp_path):
+    spec = SweepSpec("cartpole", parse_grid(["agent.harmony.mode=rectified,off", "train.train_ratio=32,64"]), seeds=3,
+                     overrides=["run.seed=10", "run.steps=5000"])
+    trials = plan(spec, tmp_path / "sweep-a")
+    assert len(trials) == 2 * 2 * 3
+    first = trials[0]
+    assert first.name == "agent.harmony.mode=rectified,train.train_ratio=32,seed=10"
+    assert first.logdir == tmp_path / "sweep-a" / first.name
+    assert [t.config.run.seed for t in trials[:3]] == [10, 11, 12], "seeds count up from run.seed"
+    assert {t.config.run.steps for t in trials} == {5000}
+    assert {(t.config.agent.harmony.mode, t.config.train.train_ratio) for t in trials} == {
+        ("rectified", 32.0), ("rectified", 64.0), ("off", 32.0), ("off", 64.0)}
+    assert {t.config.wandb.group for t in trials} == {"sweep-a"}, "one W&B group per sweep"
+    assert trials[-1].config.wandb.tags == ["agent.harmony.mode=off", "train.train_ratio=64"], "tagged with the grid values"
+
+
+def test_a_sweep_spec_survives_its_file(tmp_path):
+    spec = SweepSpec("cartpole", parse_grid(["agent.harmony.mode=rectified,off"]), seeds=2, overrides=["run.steps=500"], max_concurrent=2)
+    spec.save(tmp_path)
+    assert SweepSpec.load(tmp_path) == spec
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["agent.harmony.mod=rectified,off"], "agent.harmony.mod"),  # no such key
+    (["train.train_ratio=32,lots"], "train.train_ratio"),  # a value of the wrong type
+    (["run.seed=1,2"], "--seeds"),
+    (["ray.num_cpus=1,2"], "ray.num_cpus"),
+    (["agent.harmony.mode"], "KEY=V1,V2"),
+    (["train.batch_size=8", "train.batch_size=16"], "twice"),
+])
+def test_a_bad_grid_exits_2_with_one_line_naming_it_before_anything_starts(grid, message, tmp_path, capsys):
+    root = tmp_path / "sweep"
+    argv = ["sweep", "--config", "cartpole", "--logdir", str(root), "--seeds", "2"]
+    for item in grid:
+        argv += ["--grid", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("harmonyray: error:") and message in err, err
+    assert not root.exists(), "nothing written"
+
+
+def test_resume_needs_a_sweep_folder_and_takes_its_own_settings(tmp_path, capsys):
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(tmp_path), "--grid", "train.batch_size=8,16"]) == 2
+    assert "--resume DIR takes the sweep's own" in capsys.readouterr().err
