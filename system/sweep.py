@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from actors.envs import MissingDependencyError
-from system.cluster import check_resources, run_bundles, start_ray
+from system.cluster import ClusterError, check_resources, run_bundles, start_ray
 from system.config import Config, ConfigError, config_from_dict, load_config
 
 SWEEP_FILE = "sweep.yaml"  # what the sweep was asked: read back by --resume
@@ -183,6 +183,7 @@ def sweep(spec: SweepSpec | None, root: Path, resume: bool = False, extra: list[
     for trial in trials:
         check_resources(trial.config)
         trial.bundles = run_bundles(trial.config)
+        _check_fits(trial)
     root.mkdir(parents=True, exist_ok=True)
     spec.save(root)
     pending = [t for t in trials if not finished(t)]
@@ -200,6 +201,27 @@ def sweep(spec: SweepSpec | None, root: Path, resume: bool = False, extra: list[
         raise SweepIncomplete(f"{len(failures)} of {len(trials)} trials did not finish: {lines}; {reported}"
                               f"`harmonyray sweep --resume {root}` runs them again")
     return trials
+
+
+def _check_fits(trial: Trial) -> None:
+    """A trial the cluster can never hold would wait forever: on the embedded cluster (which never
+    grows) that is an error; on a joined one the autoscaler may add nodes, so it is one line."""
+    import ray
+
+    wanted: dict[str, float] = {}
+    for bundle in trial.bundles:
+        for name, amount in bundle.items():
+            wanted[name] = wanted.get(name, 0.0) + amount
+    offered = ray.cluster_resources()
+    short = {name: amount for name, amount in wanted.items() if offered.get(name, 0.0) < amount}
+    if not short:
+        return
+    asked = ", ".join(f"{name}: {amount:g} (the cluster has {offered.get(name, 0.0):g})" for name, amount in sorted(short.items()))
+    if trial.config.ray.address is None:
+        raise ClusterError(f"trial {trial.name} asks for {asked} (its learners, runners and replay shards together): lower "
+                           "runners.count, runners.num_cpus or learner.num_cpus, or set ray.num_cpus, or join a larger cluster with ray.address")
+    print(f"no trial starts until the cluster has {asked}: the autoscaler's nodes, or `ray start` on more machines",
+          file=sys.stderr, flush=True)
 
 
 def _run_with_tune(tune: Any, trials: list[Trial], root: Path, max_concurrent: int | None) -> dict[str, str]:

@@ -55,3 +55,13 @@ def test_resume_needs_a_sweep_folder_and_takes_its_own_settings(tmp_path, capsys
     assert "not a sweep folder" in capsys.readouterr().err
     assert main(["sweep", "--resume", str(tmp_path), "--grid", "train.batch_size=8,16"]) == 2
     assert "--resume DIR takes the sweep's own" in capsys.readouterr().err
+
+
+def test_a_trial_the_embedded_cluster_can_never_hold_is_refused_before_anything_starts(ray_local, tmp_path, capsys):
+    root = tmp_path / "sweep"
+    argv = ["sweep", "--config", "cartpole", "--logdir", str(root), "--grid", "agent.harmony.mode=rectified,off",
+            "runners.count=3", "runners.num_cpus=1"]  # 3 + the learner's 1 CPU on this 2-CPU cluster
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "asks for CPU: 4 (the cluster has 2)" in err, err
+    assert not root.exists(), "nothing written"
