@@ -190,9 +190,10 @@ def sweep(spec: SweepSpec | None, root: Path, resume: bool = False, extra: list[
     done = len(trials) - len(pending)
     print(f"sweep {root}: {len(trials)} trials ({len(trials) // spec.seeds} settings x {spec.seeds} seeds)"
           + (f", {done} finished before, {len(pending)} to run" if resume else ""), file=sys.stderr, flush=True)
-    failures: dict[str, str] = {}
-    if pending:
-        failures = _run_with_tune(tune, pending, root, spec.max_concurrent)
+    errors = _run_with_tune(tune, pending, root, spec.max_concurrent) if pending else {}
+    # What finished is what left its summary: Tune stopped by Ctrl-C reports no error for the
+    # trials it ended, and a trial can fail after its run finished.
+    failures = {t.name: errors.get(t.name, "stopped before its run finished") for t in trials if not finished(t)}
     if len(failures) < len(trials):
         write_report(root)
     if failures:
