@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from system.cli import main
+from system.config import load_config
 from system.sweep import SweepSpec, parse_grid, plan
 
 
@@ -65,3 +66,36 @@ def test_a_trial_the_embedded_cluster_can_never_hold_is_refused_before_anything_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "asks for CPU: 4 (the cluster has 2)" in err, err
     assert not root.exists(), "nothing written"
+
+
+def test_every_actor_of_a_run_inside_its_own_placement_group_is_pinned_to_its_bundle(ray_local):
+    """A sweep trial's run: learners, then runners, then shards with resources each get their own
+    bundle (one free to take any could take another's); the singletons sit in bundle 0."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from system.cluster import learner_options, on_driver_node, run_bundles, runner_options, shard_placement
+
+    config = load_config("cartpole", ["learner.num_learners=2", "learner.num_cpus=0.25", "runners.count=2", "runners.num_cpus=0.25",
+                                      "replay.shards=2", "replay.num_cpus=0.1"])
+    bundles = run_bundles(config)
+    assert bundles == [{"CPU": 0.25}] * 4 + [{"CPU": 0.1}] * 2
+    group = placement_group(bundles)
+    try:
+        assert ray.get(group.ready(), timeout=60)
+
+        @ray.remote(num_cpus=0)
+        def where() -> dict[str, list[int]]:
+            def index(options: dict) -> int:
+                return options["scheduling_strategy"].placement_group_bundle_index
+            return {"learners": [index(learner_options(config, r)) for r in range(2)],
+                    "runners": [index(runner_options(config, i)) for i in range(2)],
+                    "shards": [index(shard_placement(config, i)) for i in range(2)],
+                    "singletons": [index(on_driver_node())]}
+
+        inside = where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0, placement_group_capture_child_tasks=True))
+        assert ray.get(inside.remote(), timeout=60) == {"learners": [0, 1], "runners": [2, 3], "shards": [4, 5], "singletons": [0]}
+        assert runner_options(config, 1)["scheduling_strategy"] == "SPREAD", "outside a placement group: placed as before"
+    finally:
+        remove_placement_group(group)
