@@ -153,6 +153,9 @@ def to_markdown(rows: list[Summary], runs: int) -> str:
     lines = [f"{runs} runs. Mean, median and IQM over seeds; the interval is a {int(CONFIDENCE * 100)} % bootstrap interval of the mean.", "",
              "| group | metric | seeds | mean | median | IQM | interval |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r.group} | {r.metric} | {r.seeds} | {r.mean:.2f} | {r.median:.2f} | {r.iqm:.2f} | [{r.low:.2f}, {r.high:.2f}] |" for r in rows]
+    if not rows:
+        lines += ["", "No run has a greedy evaluation yet (they come every run.eval_every env steps and at a run's end, "
+                      "when run.eval_episodes > 0): nothing to compare."]
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +179,8 @@ def plot_curves(groups: dict[str, list[RunResult]], path: Path) -> None:
         ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], alpha=0.2)
     ax.set_xlabel("env steps")
     ax.set_ylabel("greedy evaluation return")
-    ax.legend(fontsize="small")
+    if ax.lines:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

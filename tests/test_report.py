@@ -76,3 +76,13 @@ def test_cli_report_prints_the_table_and_a_folder_without_runs_is_one_line(sweep
     empty = tmp_path_factory.mktemp("empty")
     failed = subprocess.run([*cli, str(empty)], capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0 and "holds no runs" in failed.stderr
+
+
+def test_runs_without_evaluations_say_so_instead_of_an_empty_table(tmp_path: Path) -> None:
+    config = load_config("cartpole", ["wandb.mode=disabled"])
+    logger = MetricsLogger(make_logdir(config, str(tmp_path / "run")), config.wandb, {}, name="run")
+    logger.log(500, {"episode/return": 1.0})  # training rows only: the run ended before any evaluation
+    logger.close()
+    assert write_report(tmp_path) == []
+    assert "No run has a greedy evaluation yet" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "curves.png").is_file()
