@@ -150,6 +150,7 @@ class Run:
         self.actors.runners.start()
         try:
             progress = self._watch()
+            self.evaluations.prepare_final()  # its process starts while the run shuts down
         except LearnerFailed as error:  # one line: what failed, and where the run resumes from
             saved = f"the last checkpoint ({self.stop.saved_steps:,} env steps)" if self.stop.saved_steps is not None else "its start (no checkpoint yet)"
             raise LearnerFailed(f"{error}; the run stopped: `harmonyray resume {self.logdir}` continues from {saved}, "

@@ -78,12 +78,23 @@ class EvaluationScheduler:
         result = self.poll(wait=True)
         return None if result is None else result["return"]
 
-    def _start(self, env_steps: int) -> None:
+    def prepare_final(self) -> None:
+        """Start the evaluator now, if the final evaluation will need one and it has none yet: its
+        process starts (imports, env, model) while the run shuts down instead of after."""
+        if self.config.run.eval_episodes > 0 and not self.stop.requested:
+            self._ensure_evaluator()
+
+    def _ensure_evaluator(self) -> ray.actor.ActorHandle:
         config = self.config
         if self.evaluator is None:
             self.evaluator = ray.remote(Evaluator).options(num_cpus=0, **on_driver_node()).remote(
                 config.env.name, dict(config.env.options), config.run.seed + 10_000, config.agent,
                 slot=config.runners.count * config.runners.envs)
+        return self.evaluator
+
+    def _start(self, env_steps: int) -> None:
+        config = self.config
+        self._ensure_evaluator()
         weights = self.learner.policy_weights.remote()
         self._result, self._step = self.evaluator.evaluate.remote(weights, config.run.eval_episodes, self.videos), env_steps
         if self.videos:
