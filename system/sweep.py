@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import ray
 import yaml
 
 from actors.envs import MissingDependencyError
@@ -103,16 +104,14 @@ def plan(spec: SweepSpec, root: Path, extra: list[str] = ()) -> list[Trial]:
     if spec.seeds < 1:
         raise ConfigError(f"--seeds {spec.seeds}: a sweep needs at least one seed per setting")
     overrides = [*spec.overrides, *extra]
-    for key, values in spec.grid:
-        for value in values:
-            try:
-                load_config(spec.config, [*overrides, f"{key}={value}"])
-            except ConfigError as error:
-                raise ConfigError(f"--grid {key}={value}: {error}") from None
+    load_config(spec.config, overrides)  # an error of the overrides themselves, without a grid to blame
     trials: list[Trial] = []
     for combo in itertools.product(*[[(key, value) for value in values] for key, values in spec.grid]):
         settings = [f"{key}={value}" for key, value in combo]
-        config = load_config(spec.config, [*overrides, *settings])
+        try:
+            config = load_config(spec.config, [*overrides, *settings])
+        except ConfigError as error:
+            raise ConfigError(f"--grid {', '.join(settings)}: {error}") from None
         base_seed = config.run.seed
         for offset in range(spec.seeds):
             seed = base_seed + offset
@@ -139,7 +138,6 @@ def run_trial(space: dict[str, Any]) -> None:
     """The Tune trial: a run in the trial's logdir, started fresh, resumed from its checkpoint, or
     (finished already) only reported. Runs inside the trial's placement group, which the run's
     actors are placed in (system/cluster.py)."""
-    import ray
     from ray import tune
 
     from system import driver
@@ -165,9 +163,7 @@ def sweep(spec: SweepSpec | None, root: Path, resume: bool = False, extra: list[
     """Run the sweep in `root` (a new one from `spec`, or with `resume` the one saved there) to its
     end and write its report. Returns the trials; raises SweepIncomplete if some did not finish."""
     tune = _import_tune()
-    if resume:
-        spec = SweepSpec.load(root)
-    assert spec is not None
+    spec = SweepSpec.load(root) if resume or spec is None else spec
     if max_concurrent is not None:
         spec.max_concurrent = max_concurrent
     if spec.max_concurrent is not None and spec.max_concurrent < 1:
