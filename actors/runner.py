@@ -123,14 +123,13 @@ class EnvRunner:
                 self._episodes.extend(episodes)
             for chunk in chunks:
                 while not self._stop.is_set() and not self._insert_error:
-                    if self._unacked.acquire(timeout=0.5):
+                    if self._unacked.acquire(timeout=self.poll_interval):
                         with self._lock:
                             self._unsent += 1
                         self._outbox.put(chunk)
                         break
-            if time.monotonic() >= self._next_poll:
-                self._next_poll = time.monotonic() + self.poll_interval
-                self._poll_weights()
+                    self._poll_weights_when_due()  # held back by the replay ratio: the learner is training
+            self._poll_weights_when_due()
             if self._insert_error:
                 raise RuntimeError(f"runner {self.index}: replay insert failed: {self._insert_error}")
         return self.collector.env_steps
@@ -192,6 +191,13 @@ class EnvRunner:
         self._sender.join(timeout=timeout)
         with self._lock:
             return self._unsent
+
+    def _poll_weights_when_due(self) -> None:
+        """Ask the board for newer weights at most every `poll_interval`, also while back-pressure
+        holds the runner (the learner publishes then, and the next steps should use them)."""
+        if time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + self.poll_interval
+            self._poll_weights()
 
     def _poll_weights(self) -> None:
         if self._pending_poll is None:

@@ -7,6 +7,7 @@ their score, success and achievement stats) must be among those the runner repor
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import ray
 from actors.envs import make_env
 from actors.envs.crafter_suite import ACHIEVEMENTS
 from actors.runner import EnvRunner
+from actors.specs import specs_from_spaces
 from actors.streams import summarize_episodes
 from learner.broadcast import make_weight_board
 from learner.config import AgentConfig, ModelConfig
-from replay import ChunkFiles, ReplayService
+from learner.policy_agent import PolicyAgent
+from replay import ChunkFiles, ReplayService, make_limiter_actor, min_tolerance
 
 SEED, INDEX = 3, 1
 FLAGS = ("is_first", "is_last", "is_terminal")
@@ -218,3 +221,42 @@ def test_crafter_achievements(cluster, tmp_path) -> None:
     assert unlocked > 0, "a random agent unlocks something (e.g. collect_sapling) in 200 steps"
     summary = summarize_episodes(reported)
     assert all(0.0 <= summary[f"episode/{name}"] <= 1.0 for name in names)
+
+
+def test_runner_held_by_the_ratio_takes_new_weights(cluster, tmp_path) -> None:
+    """A runner the limiter holds back (the learner is training) still polls the weight board, so
+    its next steps act with the weights published meanwhile, not with stale ones."""
+    config = AgentConfig(model=ModelConfig(size="debug", reward_bins=31))
+    limiter = make_limiter_actor(1.0, 16, min_tolerance(1.0, 8, 8), 8, 8, name=None)
+    replay = ReplayService.create(1, str(tmp_path), 10_000, limiter=limiter)
+    board = make_weight_board()
+    runner = ray.remote(EnvRunner).options(num_cpus=0, max_concurrency=2).remote(
+        INDEX, "gym:CartPole-v1", {}, 1, 8, SEED, config, replay, board)
+
+    def inserted() -> int:
+        return ray.get(limiter.inserted.remote(), timeout=60)
+
+    try:
+        running = runner.run.remote()
+        wait_for(lambda: inserted() == 32)  # prefill 16 + tolerance 16; nothing samples, so no more
+        env = make_env("gym:CartPole-v1", seed=0)
+        weights = PolicyAgent(*specs_from_spaces(env.observation_space, env.action_space), config).policy_weights()
+        ray.get(board.publish.remote(7, [ray.put(weights)]), timeout=60)
+        wait_for(lambda: ray.get(runner.stats.remote(), timeout=60)["weight_version"] == 7)
+        assert inserted() == 32, "it took the weights while held back"
+    finally:
+        ray.get(runner.stop.remote(), timeout=60)
+        ray.get(limiter.close.remote(), timeout=60)
+        ray.get(running, timeout=60)
+        for actor in [runner, board, limiter, *replay.shards]:
+            ray.kill(actor)
+
+
+def wait_for(probe, timeout: float = 60.0):
+    """The first truthy value of `probe()`, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := probe():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {timeout:g} s")

@@ -26,7 +26,10 @@ def fake_minedojo(free_ray):
 
 
 def test_minecraft_preset_runs_on_the_fake(fake_minedojo, tmp_path) -> None:
-    config = load_config("minecraft", [*TINY, "runners.envs=2", "env.options.length=60", "run.eval_video=false"])
+    # 300 steps: the limiter lets the runner collect ~250 (prefill, tolerance, chunks in flight)
+    # before the learner's 2nd update publishes weights; past that it needs ~8 updates, so it is
+    # still collecting (and polling the board) after the first weights are out
+    config = load_config("minecraft", [*TINY, "runners.envs=2", "env.options.length=60", "run.eval_video=false", "run.steps=300"])
     assert config.runners.resources_per_env == {"minecraft": 1.0} and config.runners.collection == "auto"
     summary = train(config, str(tmp_path / "run"), progress=False)
     assert summary.env_steps >= 200 and summary.updates > 0 and summary.eval_return is not None
