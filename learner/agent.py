@@ -43,7 +43,7 @@ class Agent:
         wm, bh = config.world_model, config.behavior
         # fused: one kernel per step, and it can skip a non-finite step without a host sync
         fused = {"fused": True}
-        self.wm_opt = torch.optim.Adam(self.world_model.parameters(), lr=wm.lr, eps=wm.eps, **fused)
+        self.wm_opt = torch.optim.Adam(self._world_model_groups(), lr=wm.lr, eps=wm.eps, **fused)
         self.ac_opt = torch.optim.Adam(
             [
                 {"params": self.actor_critic.actor.parameters(), "lr": bh.actor_lr},
@@ -194,17 +194,37 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.world_model.load_state_dict(state["world_model"])
         self.actor_critic.load_state_dict(state["actor_critic"])
-        self.wm_opt.load_state_dict(state["wm_opt"])
+        self.wm_opt.load_state_dict(self._with_sigma_group(state["wm_opt"]))
         self.ac_opt.load_state_dict(state["ac_opt"])
         self._configured_learning_rates()  # the saved ones are those of the run's old config
         self.updates = int(state["updates"])
+
+    def _world_model_groups(self) -> list[dict[str, Any]]:
+        """The world model's parameters, then the harmonizer's sigmas as a group of their own
+        (`agent.harmony.lr`). The harmonizer is the world model's last module, so the parameters
+        keep the order they have in one group (checkpoints from before the split still load)."""
+        sigmas = list(self.world_model.harmonizer.parameters())
+        ids = {id(p) for p in sigmas}
+        rest = [p for p in self.world_model.parameters() if id(p) not in ids]
+        sigma_lr = self.config.harmony.sigma_lr(self.config.world_model.lr)
+        return [{"params": rest}] + ([{"params": sigmas, "lr": sigma_lr}] if sigmas else [])
+
+    def _with_sigma_group(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """A world-model optimiser state saved with one group (before the sigmas had their own)
+        in this optimiser's layout: the same parameter ids, the sigmas' (the last ones) split off."""
+        groups = self.wm_opt.param_groups
+        if len(saved["param_groups"]) != 1 or len(groups) != 2:
+            return saved
+        (group,) = saved["param_groups"]
+        split = len(group["params"]) - len(groups[1]["params"])
+        return {**saved, "param_groups": [{**group, "params": group["params"][:split]}, {**group, "params": group["params"][split:]}]}
 
     def _configured_learning_rates(self) -> None:
         """Learning rates as this agent's config says: a resumed run may change them (an
         override, or another number of learners scaling them)."""
         wm, bh = self.config.world_model, self.config.behavior
-        for group in self.wm_opt.param_groups:
-            group["lr"] = wm.lr
+        for group, lr in zip(self.wm_opt.param_groups, (wm.lr, self.config.harmony.sigma_lr(wm.lr))):
+            group["lr"] = lr
         actor, critic = self.ac_opt.param_groups
         actor["lr"], critic["lr"] = bh.actor_lr, bh.critic_lr
 

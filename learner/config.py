@@ -60,6 +60,14 @@ class HarmonyConfig:
     weights: dict[str, float] = field(
         default_factory=lambda: {"observation": 1.0, "reward": 1.0, "dynamics": 0.6, "continue": 1.0}
     )
+    # Adam learning rate of the learned sigmas (null: the world model's, as in the paper). Under
+    # Adam a log-sigma moves about this much per update, so at 1e-4 a sigma whose equilibrium is
+    # 100x its start needs ~50,000 updates; a larger one lets short runs reach the equilibrium.
+    lr: float | None = None
+
+    def sigma_lr(self, world_model_lr: float) -> float:
+        """The sigmas' learning rate, given the world model's."""
+        return world_model_lr if self.lr is None else self.lr
 
 
 @dataclass

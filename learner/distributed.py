@@ -52,14 +52,15 @@ class GroupShape:
 
     def agent_config(self, config: AgentConfig) -> AgentConfig:
         """The agent's config with its learning rates scaled for this group (the world model's,
-        harmonizer sigmas included, the actor's and the critic's)."""
+        the harmonizer sigmas', the actor's and the critic's)."""
         if self.lr_scale == 1.0:
             return config
-        wm, bh = config.world_model, config.behavior
+        wm, bh, harmony = config.world_model, config.behavior, config.harmony
         return replace(
             config,
             world_model=replace(wm, lr=wm.lr * self.lr_scale),
             behavior=replace(bh, actor_lr=bh.actor_lr * self.lr_scale, critic_lr=bh.critic_lr * self.lr_scale),
+            harmony=harmony if harmony.lr is None else replace(harmony, lr=harmony.lr * self.lr_scale),
         )
 
 

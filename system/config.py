@@ -295,6 +295,7 @@ def validate(config: Config) -> None:
         (config.replay.sampling in ("uniform", "recency", "priority"), f"replay.sampling must be uniform, recency or priority (got {config.replay.sampling!r})"),
         (config.wandb.mode in ("auto", "online", "offline", "disabled"), f"wandb.mode must be auto, online, offline or disabled (got {config.wandb.mode!r})"),
         (config.agent.harmony.mode in ("rectified", "unrectified", "naive", "fixed", "off"), f"agent.harmony.mode must be rectified, unrectified, naive, fixed or off (got {config.agent.harmony.mode!r})"),
+        (config.agent.harmony.lr is None or config.agent.harmony.lr > 0, f"agent.harmony.lr must be > 0, or null for the world model's (got {config.agent.harmony.lr})"),
         (config.agent.behavior.imagined_continue in ("mode", "probability"), f"agent.behavior.imagined_continue must be mode or probability (got {config.agent.behavior.imagined_continue!r})"),
         (config.agent.behavior.actor_grad in ("auto", "reinforce", "backprop"), f"agent.behavior.actor_grad must be auto, reinforce or backprop (got {config.agent.behavior.actor_grad!r})"),
         (config.agent.precision in ("auto", "bf16", "fp32"), "agent.precision must be auto, bf16 or fp32"),

@@ -112,6 +112,44 @@ def test_harmonizer_sigmas_are_trained_with_the_world_model():
     assert sigmas["observation"] > 1.0 and sigmas["reward"] > 1.0
 
 
+def test_sigmas_learn_at_their_own_rate_when_asked():
+    """`agent.harmony.lr`: under Adam each log-sigma moves about its learning rate per update, the
+    world model's own parameters at theirs; unset, the sigmas take the world model's (the paper)."""
+    batch = make_batch(make_agent("image", "discrete"))
+    moved = {}
+    for lr in (None, 1e-2):
+        agent = make_agent("image", "discrete", lr=lr)
+        base, sigmas = agent.wm_opt.param_groups
+        assert base["lr"] == 1e-4 and sigmas["lr"] == (1e-2 if lr else 1e-4)
+        before = torch.stack([p.detach().clone() for p in agent.world_model.harmonizer.parameters()])
+        for _ in range(3):
+            agent.train_step(batch)
+        moved[lr] = (torch.stack(list(agent.world_model.harmonizer.parameters())).detach() - before).abs()
+    assert torch.all(moved[None] < 4e-4) and torch.all(moved[None] > 1e-4)
+    assert torch.all(moved[1e-2] < 4e-2) and torch.all(moved[1e-2] > 1e-2)
+
+
+def test_a_checkpoint_from_before_the_sigma_group_loads(tmp_path):
+    """World-model optimiser states saved with one group (the sigmas' moments last) load into the
+    two-group layout with every moment on its own parameter, and training continues identically."""
+    a = make_agent("vector", "continuous")
+    batch = make_batch(a)
+    a.train_step(batch)
+    state = a.state_dict()
+    base, sigmas = state["wm_opt"]["param_groups"]
+    state["wm_opt"]["param_groups"] = [{**base, "params": base["params"] + sigmas["params"]}]
+    b = make_agent("vector", "continuous")
+    b.load_state_dict(state)
+    for p, q in zip(a.world_model.harmonizer.parameters(), b.world_model.harmonizer.parameters()):
+        assert torch.equal(a.wm_opt.state[p]["exp_avg_sq"], b.wm_opt.state[q]["exp_avg_sq"])
+    torch.manual_seed(5)
+    ma = metrics_to_floats(a.train_step(batch))
+    torch.manual_seed(5)
+    mb = metrics_to_floats(b.train_step(batch))
+    assert ma["world_model/loss"] == pytest.approx(mb["world_model/loss"], rel=1e-6)
+    assert a.world_model.harmonizer.sigmas() == pytest.approx(b.world_model.harmonizer.sigmas(), rel=1e-6)
+
+
 def test_world_model_loss_decreases_on_a_fixed_batch():
     agent = make_agent("vector", "discrete")
     for group in agent.wm_opt.param_groups:

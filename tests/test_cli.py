@@ -116,6 +116,7 @@ CONFIG_ERRORS = {
         (["train.seq_len=1"], "train.seq_len", ["train.seq_len must be >= 2 (got 1)"]),
         (["replay.shards=0"], "replay.shards", ["replay.shards must be >= 1 (got 0)"]),
         (["agent.world_model.terminal_weight=0"], "agent.world_model.terminal_weight", ["must be positive", "got 0.0"]),
+        (["agent.harmony.lr=0"], "agent.harmony.lr", ["agent.harmony.lr must be > 0, or null for the world model's (got 0.0)"]),
     ],
 }
 CONFIG_CASES = [(kind, *case) for kind, cases in CONFIG_ERRORS.items() for case in cases]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from learner.agent import Agent
-from learner.config import AgentConfig, ModelConfig
+from learner.config import AgentConfig, HarmonyConfig, ModelConfig
 from learner.distributed import GroupShape, ProcessGroup, free_address
 from learner.spaces import ActionSpec, ObservationSpec
 from test_agent import make_batch
@@ -91,6 +92,9 @@ def test_scaling_rules(rule: str, batch: int, lr_scale: float) -> None:
     assert scaled.world_model.lr == pytest.approx(base.world_model.lr * lr_scale)
     assert scaled.behavior.actor_lr == pytest.approx(base.behavior.actor_lr * lr_scale)
     assert scaled.behavior.critic_lr == pytest.approx(base.behavior.critic_lr * lr_scale)
+    assert scaled.harmony.lr is None, "unset, the sigmas follow the (scaled) world model's"
+    own = shape.agent_config(replace(base, harmony=HarmonyConfig(lr=1e-2)))
+    assert own.harmony.lr == pytest.approx(1e-2 * lr_scale)
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused() -> None:
@@ -104,5 +108,8 @@ def test_a_resumed_agent_trains_with_its_configs_learning_rates() -> None:
     scaled = GroupShape.of(4, 16, "rllib").agent_config(CONFIG)
     resumed = Agent(OBS, ACTION, scaled, device="cpu")
     resumed.load_state_dict(state)
-    assert resumed.wm_opt.param_groups[0]["lr"] == pytest.approx(2 * CONFIG.world_model.lr)
+    assert [g["lr"] for g in resumed.wm_opt.param_groups] == pytest.approx([2 * CONFIG.world_model.lr] * 2)
+    faster = Agent(OBS, ACTION, replace(CONFIG, harmony=HarmonyConfig(lr=1e-2)), device="cpu")
+    faster.load_state_dict(state)
+    assert [g["lr"] for g in faster.wm_opt.param_groups] == pytest.approx([CONFIG.world_model.lr, 1e-2])
     assert [g["lr"] for g in resumed.ac_opt.param_groups] == pytest.approx([2 * CONFIG.behavior.actor_lr, 2 * CONFIG.behavior.critic_lr])
