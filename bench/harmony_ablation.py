@@ -10,10 +10,16 @@ Each mode trains with the single-process loop (system/local_loop.py) on 3 seeds:
     fixed       fixed scales with a large reward weight (`--reward-weight`, 100): the paper's
                 finding 1, that the observation loss crowds out reward modelling
 
+`--sigma-lr LR [LR ...]` adds one setting per LR, `rectified@LR`: the rectified harmonizer with
+its sigmas on an Adam learning rate of their own (`agent.harmony.lr`; the paper's is the world
+model's, 1e-4, at which a log-sigma moves ~1e-4 per update and the observation sigma cannot reach
+its equilibrium in a CPU-sized run).
+
 The rectified runs also log each task's sigma next to the closed-form equilibrium for the task's
 current loss L, sigma* = (L + sqrt(L^2 + 4L)) / 2 (learner.harmonizer.rectified_equilibrium).
 
-Usage: python -m bench.harmony_ablation [--quick] [--steps 6000] [--seeds 0 1 2] [--jobs 2] [--plot PATH]
+Usage: python -m bench.harmony_ablation [--quick] [--steps 6000] [--seeds 0 1 2] [--modes ...]
+       [--sigma-lr LR ...] [--jobs 2] [--plot PATH] [key=value ...]
 The default (3 modes x 3 seeds x 6,000 env steps, two runs at a time) takes ~20-25 minutes on 2
 cores; --quick (one seed, 1,500 steps) is a smoke check of ~2-3 minutes. The last line is JSON.
 """
@@ -87,9 +93,11 @@ if ENV_ID not in gymnasium.registry:
     gymnasium.register(ENV_ID, entry_point=Catch)
 
 
-def run_config(mode: str, seed: int, steps: int, reward_weight: float, overrides: list[str]):
-    """The CartPole preset's small, fast-learning agent, shrunk further for 16x16 frames."""
+def run_config(setting: str, seed: int, steps: int, reward_weight: float, overrides: list[str]):
+    """The CartPole preset's small, fast-learning agent, shrunk further for 16x16 frames.
+    `setting`: a harmonizer mode, or `rectified@LR` (sigmas at their own learning rate LR)."""
     from system.config import load_config
+    mode, _, sigma_lr = setting.partition("@")
 
     return load_config("cartpole", [
         f"env.name={ENV_NAME}", "env.options.pixels=true", "env.options.size=16",
@@ -97,7 +105,8 @@ def run_config(mode: str, seed: int, steps: int, reward_weight: float, overrides
         "agent.model.deter=128", "agent.model.hidden=128", "agent.model.cnn_depth=8",
         "train.batch_size=8", "train.seq_len=32", "train.train_ratio=64", "train.prefill=500",
         f"agent.harmony.mode='{mode}'",  # quoted: YAML reads a bare off as the boolean false
-        *([f"agent.harmony.weights.reward={reward_weight}"] if mode == "fixed" else []), *overrides,
+        *([f"agent.harmony.weights.reward={reward_weight}"] if mode == "fixed" else []),
+        *([f"agent.harmony.lr={sigma_lr}"] if sigma_lr else []), *overrides,
     ])
 
 
@@ -172,7 +181,7 @@ def plot(path: str, runs: list[dict[str, Any]], steps: int) -> None:
 
     grid = np.linspace(0, steps, 61)[1:]
     fig, axes = plt.subplots(1, 1 + len(TASKS), figsize=(5 * (1 + len(TASKS)), 4))
-    for mode in MODES:
+    for mode in dict.fromkeys(r["mode"] for r in runs):
         curves = np.array([curve(r, grid) for r in runs if r["mode"] == mode])
         if not len(curves):
             continue
@@ -182,13 +191,16 @@ def plot(path: str, runs: list[dict[str, Any]], steps: int) -> None:
             axes[0].fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
     axes[0].set(title="Catch 16x16: return, last 10 episodes", xlabel="env steps", ylabel="return")
     axes[0].legend()
+    settings = list(dict.fromkeys(r["mode"] for r in runs if r["mode"].startswith("rectified")))
     for ax, task in zip(axes[1:], TASKS):
-        for run in (r for r in runs if r["mode"] == "rectified"):
+        for run in (r for r in runs if r["mode"] in settings):
             rows = [r for r in run["trace"] if f"harmony/{task}/sigma" in r]
             x = [r["step"] for r in rows]
-            line, = ax.plot(x, [r[f"harmony/{task}/sigma"] for r in rows], lw=1)
-            ax.plot(x, [rectified_equilibrium(r[f"harmony/{task}/loss"]) for r in rows], ls=":", lw=1, color=line.get_color())
+            color = f"C{settings.index(run['mode'])}"
+            ax.plot(x, [r[f"harmony/{task}/sigma"] for r in rows], lw=1, color=color, label=run["mode"] if run["seed"] == runs[0]["seed"] else None)
+            ax.plot(x, [rectified_equilibrium(r[f"harmony/{task}/loss"]) for r in rows], ls=":", lw=1, color=color)
         ax.set(title=f"{task}: sigma (solid), sigma*(L) (dotted)", xlabel="env steps", yscale="log")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -198,6 +210,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000, help="env steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--sigma-lr", type=float, nargs="+", default=[], help="add a setting `rectified@LR` per LR: the sigmas' own Adam learning rate")
     parser.add_argument("--reward-weight", type=float, default=100.0, help="reward weight of the `fixed` mode")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets --threads torch threads)")
     parser.add_argument("--threads", type=int, default=1)
@@ -207,8 +220,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.seeds = 1500, [0]
+    settings = [*args.modes, *(f"rectified@{lr:g}" for lr in args.sigma_lr)]
     try:
-        run_config(args.modes[0], 0, args.steps, args.reward_weight, args.overrides)
+        for setting in settings:
+            run_config(setting, 0, args.steps, args.reward_weight, args.overrides)
     except ValueError as error:
         print(f"harmony_ablation: {str(error).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
@@ -219,11 +234,11 @@ def main() -> None:
             print("harmony_ablation: --plot needs matplotlib: install the `dev` extra (pip install -e '.[dev]')", file=sys.stderr)
             sys.exit(2)
     start = time.perf_counter()
-    jobs = [(m, s, args.steps, args.reward_weight, args.overrides, args.threads) for s in args.seeds for m in args.modes]
+    jobs = [(m, s, args.steps, args.reward_weight, args.overrides, args.threads) for s in args.seeds for m in settings]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         runs = list(pool.map(train_one, *zip(*jobs)))
     result: dict[str, Any] = {"task": "catch-16x16", "env_steps": args.steps, "seeds": args.seeds, "reward_weight_fixed": args.reward_weight}
-    for mode in args.modes:
+    for mode in settings:
         mine = [r for r in runs if r["mode"] == mode]
         finals = [final_train_return(r) for r in mine]
         evals = [r["evals"][-1][1] for r in mine if r["evals"]]
@@ -233,9 +248,8 @@ def main() -> None:
             "per_seed_train": [round(f, 3) for f in finals], "per_seed_eval": [round(e, 3) for e in evals],
             "updates": mine[0]["updates"], "seconds_per_run": round(float(np.mean([r["seconds"] for r in mine])), 1),
         }
-    rectified = [r for r in runs if r["mode"] == "rectified"]
-    if rectified:
-        result["sigma_vs_equilibrium"] = sigma_vs_equilibrium(rectified)
+    for setting in (s for s in settings if s.startswith("rectified")):
+        result.setdefault("sigma_vs_equilibrium", {})[setting] = sigma_vs_equilibrium([r for r in runs if r["mode"] == setting])
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.plot:
         plot(args.plot, runs, args.steps)
