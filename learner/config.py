@@ -62,7 +62,8 @@ class HarmonyConfig:
     )
     # Adam learning rate of the learned sigmas (null: the world model's, as in the paper). Under
     # Adam a log-sigma moves about this much per update, so at 1e-4 a sigma whose equilibrium is
-    # 100x its start needs ~50,000 updates; a larger one lets short runs reach the equilibrium.
+    # 100x its start needs ~50,000 updates; a larger one lets short runs reach the equilibrium
+    # (an experiment option: on Catch, settled sigmas kept the image unlearned, bench/README.md).
     lr: float | None = None
 
     def sigma_lr(self, world_model_lr: float) -> float:
