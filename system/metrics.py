@@ -28,6 +28,7 @@ def wandb_mode(config: WandbConfig) -> str:
 class MetricsLogger:
     def __init__(self, logdir: Path, config: WandbConfig, run_config: dict[str, Any], name: str):
         self.path = Path(logdir) / "metrics.jsonl"
+        _drop_partial_row(self.path)
         self._file = self.path.open("a", buffering=1)
         self._wandb = None
         mode = wandb_mode(config)
@@ -76,8 +77,24 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(logdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete rows of a run's metrics.jsonl; a last line without its newline is a row still
+    being written (a long row takes several writes), read by whoever watches a live run."""
     path = Path(logdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    *complete, _partial = path.read_text().split("\n")
+    return [json.loads(line) for line in complete if line.strip()]
+
+
+def _drop_partial_row(path: Path) -> None:
+    """Cut a last row without its newline (a process killed while writing it), so the rows a
+    resumed run appends start on a line of their own."""
+    if not path.exists():
+        return
+    with path.open("rb+") as file:
+        data = file.read()
+        if data and not data.endswith(b"\n"):
+            file.truncate(data.rfind(b"\n") + 1)
 
 
 def best_evaluation(logdir: str | os.PathLike) -> tuple[float, int] | None:

@@ -47,3 +47,18 @@ def test_best_evaluation_spans_the_whole_file_and_keeps_the_earliest_of_equals(t
     resumed.log(500, {"eval/return": 501.0})  # a resumed run appends to the same file
     resumed.close()
     assert best_evaluation(tmp_path) == (501.0, 500)
+
+
+def test_a_row_being_written_is_not_read_and_a_resumed_run_cuts_one_left_by_a_kill(tmp_path: Path) -> None:
+    """A watcher of a live run reads only complete rows; a row a killed process left half-written
+    is cut when the run resumes, so the rows it appends stay parseable."""
+    logger = MetricsLogger(tmp_path, WandbConfig(mode="disabled"), {"preset": "test"}, name="test")
+    logger.log(100, {"episode/return": 10.0})
+    logger.close()
+    with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write('{"step": 200, "episode/ret')  # the writer is mid-row (or was killed there)
+    assert [row["step"] for row in read_metrics(tmp_path)] == [100]
+    resumed = MetricsLogger(tmp_path, WandbConfig(mode="disabled"), {"preset": "test"}, name="test")
+    resumed.log(300, {"episode/return": 30.0})
+    resumed.close()
+    assert [row["step"] for row in read_metrics(tmp_path)] == [100, 300]
