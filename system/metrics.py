@@ -77,8 +77,8 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(logdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The complete rows of a run's metrics.jsonl; a last line without its newline is a row still
-    being written (a long row takes several writes), read by whoever watches a live run."""
+    """The complete rows of a run's metrics.jsonl: who watches a live run can read part of the row
+    being appended, a last line without its newline."""
     path = Path(logdir) / "metrics.jsonl"
     if not path.exists():
         return []
@@ -89,12 +89,13 @@ def read_metrics(logdir: str | os.PathLike) -> list[dict[str, Any]]:
 def _drop_partial_row(path: Path) -> None:
     """Cut a last row without its newline (a process killed while writing it), so the rows a
     resumed run appends start on a line of their own."""
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return
     with path.open("rb+") as file:
-        data = file.read()
-        if data and not data.endswith(b"\n"):
-            file.truncate(data.rfind(b"\n") + 1)
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) != b"\n":  # rare: only then is the whole file read
+            file.seek(0)
+            file.truncate(file.read().rfind(b"\n") + 1)
 
 
 def best_evaluation(logdir: str | os.PathLike) -> tuple[float, int] | None:
