@@ -1,9 +1,11 @@
 """Harmony ablation: does the rectified harmonizer learn a small pixel task faster than fixed weights?
 
-The task is Catch, defined here: a ball falls down an 8x8 grid, the agent moves a paddle along the
-bottom row (left, stay, right), +1 for a catch and -1 for a miss, five balls per episode (35 steps,
-returns in [-5, 5]; a random policy scores -3.76 on average). The agent sees only the 16x16 RGB frame.
-Each mode trains with the single-process loop (system/local_loop.py) on 3 seeds:
+The task and agent are the Catch preset's (configs/catch.yaml): a ball falls down an 8x8 grid, the
+agent moves a paddle along the bottom row (left, stay, right), +1 for a catch and -1 for a miss,
+five balls per episode (35 steps, returns in [-5, 5]; a random policy scores -3.76 on average); the
+agent sees only the 16x16 RGB frame (actors/envs/catch.py). Each setting trains with the
+single-process loop (system/local_loop.py) on 3 seeds; `harmonyray sweep --config catch` runs the
+same comparison through the distributed system (bench/README.md):
 
     rectified   HarmonyDream: learnable sigma per task, L/sigma + log(1 + sigma)
     off         DreamerV3's fixed scales (observation 1, reward 1, dynamics 0.6)
@@ -31,79 +33,23 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
-import gymnasium
 import numpy as np
-from gymnasium import spaces
 
-ENV_ID = "HarmonyRayCatch-v0"
-ENV_NAME = f"gym:bench.harmony_ablation:{ENV_ID}"  # gymnasium imports this module to find the id
 MODES = ("rectified", "off", "fixed")
 TASKS = ("observation", "reward", "dynamics")
 
 
-class Catch(gymnasium.Env):
-    """Catch the falling balls; rendered at 2x2 pixels per cell (16x16 for the 8x8 grid)."""
-
-    metadata = {"render_modes": ["rgb_array"]}
-
-    def __init__(self, render_mode: str | None = None, size: int = 8, balls: int = 5) -> None:
-        self.render_mode, self.size, self.balls = render_mode, size, balls
-        self.observation_space = spaces.Box(0.0, 1.0, (2, size, size), np.float32)
-        self.action_space = spaces.Discrete(3)
-        self.ball, self.paddle, self.left = (0, 0), size // 2, balls
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.paddle, self.left = self.size // 2, self.balls
-        self._drop()
-        return self._grid(), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self.paddle = int(np.clip(self.paddle + int(action) - 1, 0, self.size - 1))
-        self.ball = (self.ball[0] + 1, self.ball[1])
-        reward, terminated = 0.0, False
-        if self.ball[0] == self.size - 1:
-            reward = 1.0 if self.ball[1] == self.paddle else -1.0
-            terminated = self.left == 0
-            if not terminated:
-                self._drop()
-        return self._grid(), reward, terminated, False, {}
-
-    def render(self) -> np.ndarray:
-        grid = self._grid()
-        image = np.zeros((self.size, self.size, 3), np.uint8)
-        image[grid[0] > 0] = (255, 255, 255)
-        image[grid[1] > 0] = (0, 200, 255)
-        return np.repeat(np.repeat(image, 2, 0), 2, 1)
-
-    def _drop(self) -> None:
-        self.ball = (0, int(self.np_random.integers(self.size)))
-        self.left -= 1
-
-    def _grid(self) -> np.ndarray:
-        grid = np.zeros((2, self.size, self.size), np.float32)
-        grid[0][self.ball] = 1.0
-        grid[1][self.size - 1, self.paddle] = 1.0
-        return grid
-
-
-if ENV_ID not in gymnasium.registry:
-    gymnasium.register(ENV_ID, entry_point=Catch)
-
-
 def run_config(setting: str, seed: int, steps: int, reward_weight: float, overrides: list[str]):
-    """The CartPole preset's small, fast-learning agent, shrunk further for 16x16 frames.
-    `setting`: a harmonizer mode, or `rectified@LR` (sigmas at their own learning rate LR)."""
+    """The Catch preset (configs/catch.yaml) with one harmonizer setting: a mode, or `rectified@LR`
+    (sigmas at their own learning rate LR)."""
     from system.config import load_config
     mode, _, sigma_lr = setting.partition("@")
 
-    return load_config("cartpole", [
-        f"env.name={ENV_NAME}", "env.options.pixels=true", "env.options.size=16",
-        f"run.steps={steps}", f"run.seed={seed}", "run.eval_every=500", "run.eval_episodes=10",
-        "agent.model.deter=128", "agent.model.hidden=128", "agent.model.cnn_depth=8",
-        "train.batch_size=8", "train.seq_len=32", "train.train_ratio=64", "train.prefill=500",
+    return load_config("catch", [
+        f"run.steps={steps}", f"run.seed={seed}",
         f"agent.harmony.mode='{mode}'",  # quoted: YAML reads a bare off as the boolean false
         *([f"agent.harmony.weights.reward={reward_weight}"] if mode == "fixed" else []),
         *([f"agent.harmony.lr={sigma_lr}"] if sigma_lr else []), *overrides,
@@ -140,24 +86,13 @@ def final_train_return(run: dict[str, Any], fraction: float = 0.2) -> float:
     return float(np.mean(returns)) if returns else float("nan")
 
 
-def sigma_vs_equilibrium(runs: list[dict[str, Any]], fraction: float = 0.2) -> dict[str, dict[str, float]]:
-    """Per task, over the last `fraction` of each rectified run: mean sigma, the equilibrium of the
-    mean loss, and their ratio (1.0: sigma sits where the closed form says)."""
-    from learner.harmonizer import rectified_equilibrium
+def sigma_vs_equilibrium(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per task, over the last 20 % of each rectified run (system/report.py `settled_sigmas`): mean
+    sigma, the equilibrium of the mean loss, and their ratio (1.0: sigma sits where the closed form says)."""
+    from system.report import settled_sigmas
 
-    out: dict[str, dict[str, float]] = {}
-    for task in TASKS:
-        sigmas, losses = [], []
-        for run in runs:
-            cut = run["env_steps"] * (1 - fraction)
-            rows = [r for r in run["trace"] if r["step"] >= cut and f"harmony/{task}/sigma" in r]
-            sigmas += [r[f"harmony/{task}/sigma"] for r in rows]
-            losses += [r[f"harmony/{task}/loss"] for r in rows]
-        if sigmas:
-            star = rectified_equilibrium(float(np.mean(losses)))
-            out[task] = {"loss": round(float(np.mean(losses)), 4), "sigma": round(float(np.mean(sigmas)), 4),
-                         "equilibrium": round(star, 4), "ratio": round(float(np.mean(sigmas)) / star, 3)}
-    return out
+    return {s.task: {"loss": round(s.loss, 4), "sigma": round(s.sigma, 4), "equilibrium": round(s.equilibrium, 4), "ratio": round(s.ratio, 3)}
+            for s in settled_sigmas(run["trace"] for run in runs)}
 
 
 def curve(run: dict[str, Any], grid: np.ndarray) -> np.ndarray:
@@ -172,37 +107,33 @@ def curve(run: dict[str, Any], grid: np.ndarray) -> np.ndarray:
     return out
 
 
-def plot(path: str, runs: list[dict[str, Any]], steps: int) -> None:
+def plot(path: str, runs: list[dict[str, Any]], steps: int) -> str:
+    """Return curves into `path`, the rectified settings' sigmas beside it (system/report.py); the
+    sigma plot's path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from learner.harmonizer import rectified_equilibrium
+
+    from system.report import plot_sigmas
 
     grid = np.linspace(0, steps, 61)[1:]
-    fig, axes = plt.subplots(1, 1 + len(TASKS), figsize=(5 * (1 + len(TASKS)), 4))
+    fig, ax = plt.subplots(figsize=(6, 4))
     for mode in dict.fromkeys(r["mode"] for r in runs):
         curves = np.array([curve(r, grid) for r in runs if r["mode"] == mode])
-        if not len(curves):
-            continue
         mean = np.nanmean(curves, 0)
-        axes[0].plot(grid, mean, label=f"{mode} ({len(curves)} seeds)")
+        ax.plot(grid, mean, label=f"{mode} ({len(curves)} seeds)")
         if len(curves) > 1:
-            axes[0].fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
-    axes[0].set(title="Catch 16x16: return, last 10 episodes", xlabel="env steps", ylabel="return")
-    axes[0].legend()
-    settings = list(dict.fromkeys(r["mode"] for r in runs if r["mode"].startswith("rectified")))
-    for ax, task in zip(axes[1:], TASKS):
-        for run in (r for r in runs if r["mode"] in settings):
-            rows = [r for r in run["trace"] if f"harmony/{task}/sigma" in r]
-            x = [r["step"] for r in rows]
-            color = f"C{settings.index(run['mode'])}"
-            ax.plot(x, [r[f"harmony/{task}/sigma"] for r in rows], lw=1, color=color, label=run["mode"] if run["seed"] == runs[0]["seed"] else None)
-            ax.plot(x, [rectified_equilibrium(r[f"harmony/{task}/loss"]) for r in rows], ls=":", lw=1, color=color)
-        ax.set(title=f"{task}: sigma (solid), sigma*(L) (dotted)", xlabel="env steps", yscale="log")
-        ax.legend()
+            ax.fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
+    ax.set(title="Catch 16x16: return, last 10 episodes", xlabel="env steps", ylabel="return")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    sigma_path = str(Path(path).with_name(Path(path).stem + "-sigmas.png"))
+    settings = dict.fromkeys(r["mode"] for r in runs if r["mode"].startswith("rectified"))
+    plot_sigmas({s: [r["trace"] for r in runs if r["mode"] == s] for s in settings}, Path(sigma_path))
+    return sigma_path
 
 
 def main() -> None:
@@ -215,7 +146,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets --threads torch threads)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke check: seed 0, 1,500 steps")
-    parser.add_argument("--plot", help="write the learning curves and sigmas to this PNG")
+    parser.add_argument("--plot", help="write the learning curves to this PNG, the sigmas to PLOT-sigmas.png")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
     args = parser.parse_args()
     if args.quick:
@@ -252,8 +183,7 @@ def main() -> None:
         result.setdefault("sigma_vs_equilibrium", {})[setting] = sigma_vs_equilibrium([r for r in runs if r["mode"] == setting])
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.plot:
-        plot(args.plot, runs, args.steps)
-        result["plot"] = args.plot
+        result["plot"] = [args.plot, plot(args.plot, runs, args.steps)]
     print(json.dumps(result))
 
 

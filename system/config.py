@@ -47,7 +47,7 @@ class RunConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = "gym:CartPole-v1"  # suite:task, e.g. gym:CartPole-v1, atari:Pong, crafter:reward, metaworld:hammer-v3, minecraft:hunt-cow
+    name: str = "gym:CartPole-v1"  # suite:task, e.g. gym:CartPole-v1, atari:Pong, catch:8x8, crafter:reward, metaworld:hammer-v3, minecraft:hunt-cow
     options: dict[str, Any] = field(default_factory=dict)  # keyword options of the env suite (e.g. {camera: corner2} for Meta-World; actors/envs)
 
 

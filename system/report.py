@@ -9,13 +9,19 @@ aside: runs that differ only in those are seeds of one setting), and writes, int
   final and the best greedy evaluation return and, where the env reports one, its own score
   (Atari's human-normalised score, Crafter's score, Meta-World's success rate);
 - curves.png: per group, the mean evaluation return against env steps, with the same interval
-  over seeds at each step (runs are put on a common grid of steps by linear interpolation).
+  over seeds at each step (runs are put on a common grid of steps by linear interpolation);
+- where runs learn harmonizer sigmas (`agent.harmony.mode: rectified`), sigmas.csv, a table in
+  report.md and sigmas.png: per group and task, the mean sigma over the last 20 % of each run's
+  steps against the closed-form equilibrium of the mean loss there, sigma* = (L + sqrt(L^2 + 4L)) / 2
+  (a ratio near 1: the sigmas had settled; far below: the run ended before they could).
 """
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,8 @@ NOT_A_SETTING = ("run.seed", "run.logdir", "wandb.group", "wandb.tags")  # runs 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 CURVE_POINTS = 50
+SIGMA = re.compile(r"harmony/(\w+)/sigma")  # a learnt sigma; its task's loss is harmony/<task>/loss
+SETTLED_FRACTION = 0.2  # sigmas are judged over this last share of a run's steps
 
 
 @dataclass
@@ -39,6 +47,7 @@ class RunResult:
     logdir: Path
     config: dict[str, Any]  # flattened: dotted key -> value
     evaluations: dict[str, list[tuple[int, float]]]  # metric -> [(env step, value)], in step order
+    harmony: list[dict[str, float]] = field(default_factory=list)  # rows with a learnt sigma: step, harmony/<task>/sigma and /loss
 
     def final(self, metric: str) -> float | None:
         points = self.evaluations.get(metric)
@@ -70,13 +79,16 @@ def find_runs(root: Path) -> list[RunResult]:
             continue
         config = flatten(yaml.safe_load(config_file.read_text()) or {})
         evaluations: dict[str, list[tuple[int, float]]] = {}
+        harmony = []
         for row in read_metrics(logdir):
             for metric in (RETURN, *ENV_SCORES):
                 if row.get(metric) is not None:
                     evaluations.setdefault(metric, []).append((int(row["step"]), float(row[metric])))
+            if any(SIGMA.fullmatch(key) for key in row):
+                harmony.append({key: float(value) for key, value in row.items() if key == "step" or key.startswith("harmony/")})
         for points in evaluations.values():
             points.sort(key=lambda p: p[0])
-        runs.append(RunResult(logdir, config, evaluations))
+        runs.append(RunResult(logdir, config, evaluations, sorted(harmony, key=lambda r: r["step"])))
     return runs
 
 
@@ -127,6 +139,40 @@ def summaries(groups: dict[str, list[RunResult]]) -> list[Summary]:
     return out
 
 
+@dataclass
+class SettledSigma:
+    group: str
+    task: str
+    loss: float  # mean task loss over the runs' last steps
+    sigma: float  # mean sigma there
+    equilibrium: float  # sigma* of the mean loss
+
+    @property
+    def ratio(self) -> float:
+        return self.sigma / self.equilibrium
+
+
+def settled_sigmas(traces: Iterable[list[dict[str, float]]], group: str = "", fraction: float = SETTLED_FRACTION) -> list[SettledSigma]:
+    """Per task, pooled over runs: mean sigma and loss over the last `fraction` of each run's steps
+    (`traces`: per run, its metric rows with `step`, harmony/<task>/sigma and /loss), and sigma*."""
+    from learner.harmonizer import rectified_equilibrium  # torch loads only for runs that have sigmas
+
+    sigmas: dict[str, list[float]] = {}
+    losses: dict[str, list[float]] = {}
+    for rows in traces:
+        if not rows:
+            continue
+        cut = max(r["step"] for r in rows) * (1 - fraction)
+        for row in (r for r in rows if r["step"] >= cut):
+            for key, value in row.items():
+                match = SIGMA.fullmatch(key)
+                if match and f"harmony/{match[1]}/loss" in row:
+                    sigmas.setdefault(match[1], []).append(value)
+                    losses.setdefault(match[1], []).append(row[f"harmony/{match[1]}/loss"])
+    return [SettledSigma(group, task, float(np.mean(losses[task])), float(np.mean(sigmas[task])),
+                         rectified_equilibrium(float(np.mean(losses[task])))) for task in sigmas]
+
+
 def write_report(root: Path) -> list[Summary]:
     """Write report.csv, report.md and curves.png into `root`; the summaries, for printing."""
     runs = find_runs(root)
@@ -134,9 +180,13 @@ def write_report(root: Path) -> list[Summary]:
         raise ConfigError(f"{root} holds no runs (folders with config.yaml and metrics.jsonl): give a sweep's or a runs folder")
     groups = group_runs(runs, setting_keys(runs))
     rows = summaries(groups)
+    sigmas = [s for group, members in groups.items() for s in settled_sigmas((run.harmony for run in members), group)]
     (root / "report.csv").write_text(to_csv(rows))
-    (root / "report.md").write_text(to_markdown(rows, len(runs)))
+    (root / "report.md").write_text(to_markdown(rows, len(runs)) + sigmas_markdown(sigmas))
     plot_curves(groups, root / "curves.png")
+    if sigmas:
+        (root / "sigmas.csv").write_text(sigmas_csv(sigmas))
+        plot_sigmas({group: [run.harmony for run in members] for group, members in groups.items()}, root / "sigmas.png")
     return rows
 
 
@@ -157,6 +207,52 @@ def to_markdown(rows: list[Summary], runs: int) -> str:
         lines += ["", "No run has a greedy evaluation yet (they come every run.eval_every env steps and at a run's end, "
                       "when run.eval_episodes > 0): nothing to compare."]
     return "\n".join(lines) + "\n"
+
+
+def sigmas_csv(sigmas: list[SettledSigma]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["group", "task", "loss", "sigma", "equilibrium", "ratio"])
+    for s in sigmas:
+        writer.writerow([s.group, s.task, *(f"{v:.6g}" for v in (s.loss, s.sigma, s.equilibrium, s.ratio))])
+    return out.getvalue()
+
+
+def sigmas_markdown(sigmas: list[SettledSigma]) -> str:
+    if not sigmas:
+        return ""
+    lines = ["", f"Harmonizer sigmas over the last {SETTLED_FRACTION:.0%} of each run's steps (seeds pooled) against the "
+             "equilibrium of the mean loss, sigma* = (L + sqrt(L^2 + 4L)) / 2; the task's weight is 1/sigma.", "",
+             "| group | task | loss | sigma | sigma* | sigma / sigma* |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {s.group} | {s.task} | {s.loss:.4g} | {s.sigma:.4g} | {s.equilibrium:.4g} | {s.ratio:.2f} |" for s in sigmas]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sigmas(traces: dict[str, list[list[dict[str, float]]]], path: Path) -> None:
+    """One panel per task: each run's sigma (solid) and the equilibrium of its current loss (dotted);
+    `traces`: group -> per run, its metric rows with `step`, harmony/<task>/sigma and /loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from learner.harmonizer import rectified_equilibrium
+
+    tasks = list(dict.fromkeys(m[1] for runs in traces.values() for rows in runs for row in rows
+                               for key in row if (m := SIGMA.fullmatch(key))))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5 * max(1, len(tasks)), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for color, (group, runs) in enumerate(traces.items()):
+            for index, rows in enumerate(runs):
+                rows = [r for r in rows if f"harmony/{task}/sigma" in r and f"harmony/{task}/loss" in r]
+                steps = [r["step"] for r in rows]
+                ax.plot(steps, [r[f"harmony/{task}/sigma"] for r in rows], lw=1, color=f"C{color}", label=group if index == 0 and rows else None)
+                ax.plot(steps, [rectified_equilibrium(r[f"harmony/{task}/loss"]) for r in rows], lw=1, ls=":", color=f"C{color}")
+        ax.set(title=f"{task}: sigma (solid), sigma*(loss) (dotted)", xlabel="env steps", yscale="log")
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_curves(groups: dict[str, list[RunResult]], path: Path) -> None:

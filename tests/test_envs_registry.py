@@ -15,11 +15,11 @@ ENVS_DIR = pathlib.Path(__file__).resolve().parents[1] / "actors" / "envs"
 
 
 def test_list_suites() -> None:
-    assert list_suites() == ["atari", "crafter", "fake-minecraft", "gym", "metaworld", "minecraft"]
+    assert list_suites() == ["atari", "catch", "crafter", "fake-minecraft", "gym", "metaworld", "minecraft"]
 
 
 def test_unknown_suite_lists_valid_suites() -> None:
-    suites = "atari, crafter, fake-minecraft, gym, metaworld, minecraft"
+    suites = "atari, catch, crafter, fake-minecraft, gym, metaworld, minecraft"
     with pytest.raises(UnknownEnvError, match=f"unknown suite 'dmc'.*{suites}"):
         make_env("dmc:walker_walk")
 
@@ -35,6 +35,7 @@ def test_name_without_suite_or_task(name: str) -> None:
     [
         ("gym:NoSuchEnv-v0", "unknown gymnasium id 'NoSuchEnv-v0'.*pprint_registry"),
         ("atari:NoSuchGame", "unknown Atari game 'NoSuchGame'.*get_all_rom_ids"),
+        ("catch:big", "unknown catch task 'big'.*ROWSxCOLUMNS, e.g. catch:8x8"),
         ("crafter:hard", "unknown Crafter task 'hard'.*crafter:reward, crafter:noreward"),
         ("metaworld:reach-v9", "unknown Meta-World task 'reach-v9'.*ALL_V3_ENVIRONMENTS"),
         ("minecraft:hunt-pig", "unknown Minecraft task 'hunt-pig'.*minecraft:hunt-cow"),

@@ -36,6 +36,7 @@ PRESETS = {
     "atari100k": ["env.options.max_frames=800"],
     "crafter": ["env.options.length=120", "run.eval_every=100", "wandb.mode=offline"],
     "metaworld": ["env.options.length=100"],
+    "catch": [],  # 35-step episodes, 16x16 frames
 }
 METRIC = {"atari100k": "eval/human_normalized_score", "crafter": "eval/crafter_score", "metaworld": "eval/success"}
 
@@ -75,12 +76,12 @@ def test_preset_runs_end_to_end(ray_local, release_actors, tmp_path, preset) -> 
     if preset == "cartpole":  # vector observations: no video, no error
         assert not videos.exists()
         return
-    step = final["step"]
+    step, side = final["step"], config.env.options.get("size", 64)
     episode = iio.imread(videos / f"eval_{step}.gif", index=None)
-    assert episode.shape[1:] == (64, 64, 3)
+    assert episode.shape[1:] == (side, side, 3)
     assert play_time(videos / f"eval_{step}.gif") == (final["eval/length"] + 1) * 1000 / FPS
     openloop = iio.imread(videos / f"openloop_{step}.gif", index=None)
-    assert openloop.shape[1:] == (3 * 64, 4 * 64, 3)  # truth/prediction/error, 4 sequences
+    assert openloop.shape[1:] == (3 * side, 4 * side, 3)  # truth/prediction/error, 4 sequences
     assert play_time(videos / f"openloop_{step}.gif") == 8 * 1000 / FPS  # one per step of a sequence
     assert len(list(videos.glob("eval_*.gif"))) == len(evals)
     if config.wandb.mode == "offline":
@@ -97,7 +98,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def test_presets_say_only_what_differs_from_the_base() -> None:
-    assert presets() == ["atari100k", "cartpole", "crafter", "metaworld", "minecraft"], "pieces are not presets"
+    assert presets() == ["atari100k", "cartpole", "catch", "crafter", "metaworld", "minecraft"], "pieces are not presets"
     base = _leaves(yaml.safe_load((CONFIG_DIR / "pieces" / "base.yaml").read_text()))
     for name in presets():
         own = _leaves(yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()))

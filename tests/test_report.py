@@ -86,3 +86,35 @@ def test_runs_without_evaluations_say_so_instead_of_an_empty_table(tmp_path: Pat
     assert write_report(tmp_path) == []
     assert "No run has a greedy evaluation yet" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "curves.png").is_file()
+
+
+def test_learnt_sigmas_are_reported_against_their_equilibrium(tmp_path: Path) -> None:
+    """Rectified runs log sigma and loss per task: the report pools the last 20 % of each run's
+    steps and compares the mean sigma with sigma* of the mean loss; runs without sigmas add nothing."""
+    for mode, seed in (("rectified", 0), ("rectified", 1), ("off", 0)):
+        config = load_config("cartpole", [f"agent.harmony.mode={mode}", f"run.seed={seed}", "wandb.mode=disabled"])
+        logger = MetricsLogger(make_logdir(config, str(tmp_path / f"{mode}-{seed}")), config.wandb, {}, name=f"{mode}-{seed}")
+        for step in range(100, 1001, 100):
+            learnt = {"harmony/reward/sigma": 0.1 * step / 100 + seed, "harmony/reward/loss": 2.0 + seed} if mode == "rectified" else {}
+            logger.log(step, {"harmony/observation/loss": 10.0, "harmony/observation/weighted": 10.0, **learnt})
+        logger.log(1000, {"eval/return": 1.0})
+        logger.close()
+    write_report(tmp_path)
+    with open(tmp_path / "sigmas.csv") as f:
+        (row,) = list(csv.DictReader(f))  # the reward task of the rectified group only
+    assert (row["group"], row["task"]) == ("agent.harmony.mode=rectified", "reward")
+    sigmas = [0.1 * step / 100 + seed for seed in (0, 1) for step in (800, 900, 1000)]  # steps >= 80 % of 1,000
+    loss = 2.5
+    equilibrium = (loss + np.sqrt(loss**2 + 4 * loss)) / 2
+    assert float(row["loss"]) == pytest.approx(loss) and float(row["sigma"]) == pytest.approx(np.mean(sigmas), rel=1e-5)
+    assert float(row["equilibrium"]) == pytest.approx(equilibrium, rel=1e-5)
+    assert float(row["ratio"]) == pytest.approx(np.mean(sigmas) / equilibrium, rel=1e-5)
+    assert f"| agent.harmony.mode=rectified | reward | 2.5 | {np.mean(sigmas):.4g} | {equilibrium:.4g} |" in (tmp_path / "report.md").read_text()
+    with Image.open(tmp_path / "sigmas.png") as image:
+        assert image.size[0] > 300
+
+
+def test_runs_without_learnt_sigmas_write_no_sigma_table(sweep: Path) -> None:
+    write_report(sweep)
+    assert not (sweep / "sigmas.csv").exists() and not (sweep / "sigmas.png").exists()
+    assert "sigma*" not in (sweep / "report.md").read_text()

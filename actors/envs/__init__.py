@@ -1,7 +1,7 @@
 """Environment suites behind one call: `make_env("suite:task", seed, **options)`.
 
-Suites: gym (any gymnasium id), atari (Atari100k protocol), crafter, metaworld, minecraft (hunt-cow),
-fake-minecraft (hunt-cow on a stand-in for MineDojo).
+Suites: gym (any gymnasium id), atari (Atari100k protocol), catch (a small pixel task), crafter,
+metaworld, minecraft (hunt-cow), fake-minecraft (hunt-cow on a stand-in for MineDojo).
 Each imports its simulator only when an env of it is made.
 """
 import os

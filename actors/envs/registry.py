@@ -16,6 +16,7 @@ from actors.envs.errors import UnknownEnvError
 # suite name -> module whose `make(task, *, seed, **options)` builds the env
 _SUITES: dict[str, str] = {
     "atari": "actors.envs.atari",
+    "catch": "actors.envs.catch",  # a pixel toy task with no simulator to install
     "crafter": "actors.envs.crafter_suite",
     "fake-minecraft": "actors.envs.fake_minecraft",  # hunt-cow on a MineDojo stand-in (no Minecraft)
     "gym": "actors.envs.gym_suite",
