@@ -112,9 +112,16 @@ def setting_keys(runs: list[RunResult]) -> list[str]:
 def group_runs(runs: list[RunResult], keys: list[str]) -> dict[str, list[RunResult]]:
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
-        name = ", ".join(f"{k}={run.config.get(k)}" for k in keys) or "all runs"
+        name = ", ".join(f"{k}={yaml_value(run.config.get(k))}" for k in keys) or "all runs"
         groups.setdefault(name, []).append(run)
     return groups
+
+
+def yaml_value(value: Any) -> str:
+    """A config value as an override writes it (null, not None; true, not True)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def summarize(values: list[float], group: str, metric: str) -> Summary:

@@ -118,3 +118,13 @@ def test_runs_without_learnt_sigmas_write_no_sigma_table(sweep: Path) -> None:
     write_report(sweep)
     assert not (sweep / "sigmas.csv").exists() and not (sweep / "sigmas.png").exists()
     assert "sigma*" not in (sweep / "report.md").read_text()
+
+
+def test_groups_name_null_and_booleans_as_overrides_write_them(tmp_path: Path) -> None:
+    for lr, seed in ((None, 0), (0.01, 0)):
+        config = load_config("cartpole", ["agent.harmony.mode=rectified", f"agent.harmony.lr={'null' if lr is None else lr}", f"run.seed={seed}", "wandb.mode=disabled"])
+        logger = MetricsLogger(make_logdir(config, str(tmp_path / f"{lr}-{seed}")), config.wandb, {}, name="run")
+        logger.log(1000, {"eval/return": 1.0})
+        logger.close()
+    runs = find_runs(tmp_path)
+    assert sorted(group_runs(runs, setting_keys(runs))) == ["agent.harmony.lr=0.01", "agent.harmony.lr=null"]
