@@ -10,7 +10,9 @@ and are tagged with their grid values.
 
 The sweep's folder keeps what it was asked (sweep.yaml); a trial that finished leaves summary.json
 in its logdir. `--resume DIR` runs every other trial again: one with a checkpoint resumes from it,
-one without starts over in its folder (the replay files it wrote are kept). At the end the sweep
+one without starts over in its folder (the replay files it wrote are kept). A finished trial
+counts as unfinished again when `--resume` raises its `run.steps` (`--resume DIR run.steps=N`):
+it goes on from its last checkpoint. At the end the sweep
 writes the report of its folder (system/report.py) and prints it.
 """
 from __future__ import annotations
@@ -131,7 +133,13 @@ def _folder_name(settings: list[str]) -> str:
 
 
 def finished(trial: Trial) -> bool:
-    return (trial.logdir / SUMMARY_FILE).is_file()
+    """Its run ended at its `run.steps`: a `--resume` with a larger `run.steps` continues it."""
+    return _summary_steps(trial.logdir / SUMMARY_FILE) >= trial.config.run.steps
+
+
+def _summary_steps(path: Path) -> int:
+    """Env steps of a finished run's summary; -1 without one."""
+    return int(json.loads(path.read_text())["env_steps"]) if path.is_file() else -1
 
 
 def run_trial(space: dict[str, Any]) -> None:
@@ -145,7 +153,7 @@ def run_trial(space: dict[str, Any]) -> None:
     params = space["trial"]  # Trial.params()
     logdir = Path(params["logdir"])
     summary_file = logdir / SUMMARY_FILE
-    if not summary_file.is_file():
+    if _summary_steps(summary_file) < params["config"]["run"]["steps"]:
         if (logdir / driver.CONFIG_FILE).is_file():
             summary = driver.resume(str(logdir), params["resume_overrides"], progress=False)
         else:

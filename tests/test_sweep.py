@@ -3,11 +3,13 @@ starts. The sweep itself (trials two at a time, kill -9, --resume on two nodes) 
 tests/test_multinode.py, on that module's simulated cluster."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from system.cli import main
 from system.config import load_config
-from system.sweep import SweepSpec, parse_grid, plan
+from system.sweep import SUMMARY_FILE, SweepSpec, finished, parse_grid, plan
 
 
 def test_a_grid_times_seeds_makes_one_trial_each_named_grouped_and_tagged(tmp_path):
@@ -30,6 +32,18 @@ def test_a_sweep_spec_survives_its_file(tmp_path):
     spec = SweepSpec("cartpole", parse_grid(["agent.harmony.mode=rectified,off"]), seeds=2, overrides=["run.steps=500"], max_concurrent=2)
     spec.save(tmp_path)
     assert SweepSpec.load(tmp_path) == spec
+
+
+def test_a_trial_is_finished_at_its_steps_and_a_resume_with_more_steps_continues_it(tmp_path):
+    spec = SweepSpec("cartpole", parse_grid(["agent.harmony.mode=rectified,off"]), overrides=["run.steps=700", "train.prefill=600"])
+    first, second = plan(spec, tmp_path)
+    first.logdir.mkdir()
+    (first.logdir / SUMMARY_FILE).write_text(json.dumps({"env_steps": 704, "eval_return": 80.0}))
+    assert finished(first) and not finished(second), "a summary of a run that reached run.steps; none yet"
+    longer, _ = plan(spec, tmp_path, extra=["run.steps=1000"])  # `--resume DIR run.steps=1000`
+    assert not finished(longer), "resumed to run on from its checkpoint"
+    (first.logdir / SUMMARY_FILE).write_text(json.dumps({"env_steps": 1003}))
+    assert finished(longer)
 
 
 @pytest.mark.parametrize("grid, message", [
