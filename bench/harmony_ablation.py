@@ -2,7 +2,7 @@
 
 The task and agent are the Catch preset's (configs/catch.yaml): a ball falls down an 8x8 grid, the
 agent moves a paddle along the bottom row (left, stay, right), +1 for a catch and -1 for a miss,
-five balls per episode (35 steps, returns in [-5, 5]; a random policy scores -3.76 on average); the
+five balls per episode (35 steps, returns in [-5, 5]; a random policy scores -3.74 on average); the
 agent sees only the 16x16 RGB frame (actors/envs/catch.py). Each setting trains with the
 single-process loop (system/local_loop.py) on 3 seeds; `harmonyray sweep --config catch` runs the
 same comparison through the distributed system (bench/README.md):

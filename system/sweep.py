@@ -12,8 +12,8 @@ The sweep's folder keeps what it was asked (sweep.yaml); a trial that finished l
 in its logdir. `--resume DIR` runs every other trial again: one with a checkpoint resumes from it,
 one without starts over in its folder (the replay files it wrote are kept). A finished trial
 counts as unfinished again when `--resume` raises its `run.steps` (`--resume DIR run.steps=N`):
-it goes on from its last checkpoint. At the end the sweep
-writes the report of its folder (system/report.py) and prints it.
+it goes on from its last checkpoint. At the end the sweep writes the report of its folder
+(system/report.py) and prints it.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ agent sees: the harmonizer experiments (bench/harmony_ablation.py, configs/catch
 Each ball starts in a random column of the top row and falls one row per step; the agent moves the
 paddle along the bottom row (0 left, 1 stay, 2 right); +1 when the ball reaches the bottom row in
 the paddle's column, -1 otherwise. An episode is `balls` balls, (R - 1) x balls steps; a random
-policy scores about -3.8 of [-5, 5] on 8x8 with 5 balls. No dependency beyond gymnasium and numpy.
+policy scores -3.74 of [-5, 5] on 8x8 with 5 balls. No dependency beyond gymnasium and numpy.
 """
 from __future__ import annotations
 
