@@ -95,7 +95,9 @@ class RSSM(nn.Module):
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)
         action_proj = self.in_action(action * keep)
         embed_proj = self.post_embed(embed)
-        deter, stoch = self.initial(batch, embed.device)
+        # The first state requires grad when training does, like every later one: otherwise a
+        # compiled `observe_step` traces and compiles a second graph for its first call.
+        deter, stoch = (x.requires_grad_(torch.is_grad_enabled()) for x in self.initial(batch, embed.device))
         # one view per step (unbind: a single op, whose backward is one stack, not T scatters)
         steps = zip(keep.unbind(1), action_proj.unbind(1), embed_proj.unbind(1))
         deters, stochs, logits = [], [], []
