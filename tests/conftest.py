@@ -18,12 +18,31 @@ FAKES = str(Path(TESTS) / "fakes")  # a fake `minedojo` package (tests/fakes/min
 OWN_CLUSTERS_LAST = ("test_network_exposure.py", "test_resume_kill.py", "test_multinode.py", "test_node_loss.py")
 
 
+# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): one runs every test that
+# starts Ray or a CLI job, one after another as without xdist; the other runs these modules, which
+# need neither (test_compile's cold Inductor compile, a minute, is most of it), in the time the
+# Ray tests spend waiting on process start-ups. A test here that asks for a Ray fixture still
+# joins the Ray worker.
+WITHOUT_RAY = (
+    "test_compile.py", "test_agent.py", "test_async_collection.py", "test_envs_atari.py", "test_envs_catch.py",
+    "test_envs_crafter.py", "test_envs_gym.py", "test_envs_metaworld.py", "test_envs_minecraft.py", "test_harmonizer.py",
+    "test_layout.py", "test_learner_group.py", "test_metrics.py", "test_minecraft_standin.py", "test_numerics.py",
+    "test_policy_agent.py", "test_precision.py", "test_replay_persistence.py", "test_replay_storage.py",
+    "test_run_metrics.py", "test_video.py",
+)
+RAY_FIXTURES = {"ray_local", "free_ray", "ray_multinode"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return OWN_CLUSTERS_LAST.index(name) + 1 if name in OWN_CLUSTERS_LAST else 0
 
     items.sort(key=rank)  # stable: the order within each group stays
+    for item in items:
+        local = item.path.name in WITHOUT_RAY and not RAY_FIXTURES & set(item.fixturenames)
+        item.add_marker(pytest.mark.xdist_group("local" if local else "ray"))
 
 
 def start_local_ray() -> None:
