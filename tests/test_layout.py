@@ -73,3 +73,14 @@ def test_the_model_and_the_train_step_benchmark_import_with_torch_and_numpy_alon
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_tests_run_beside_the_ray_tests_start_neither_ray_nor_a_run() -> None:
+    """`make test` runs the modules of conftest.WITHOUT_RAY in a second xdist worker, next to the
+    Ray tests: a Ray cluster or a run started there would double the load the Ray tests see."""
+    from conftest import WITHOUT_RAY
+
+    starts_ray = ("ray", "system.driver", "system.cli", "system.sweep", "system.launch", "replay.service")
+    for name in WITHOUT_RAY:
+        found = [m for m in imports_of(ROOT / "tests" / name) if any(m == s or m.startswith(s + ".") for s in starts_ray)]
+        assert not found, f"tests/{name} imports {found}: move it out of WITHOUT_RAY in tests/conftest.py"
