@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from learner.behavior import ActorCritic
-from learner.compiler import compile_fn, compile_options, use_cache_dir
+from learner.compiler import SCAN_CHUNK, compile_fn, compile_options, use_cache_dir
 from learner.config import AgentConfig
 from learner.distributed import data_parallel
 from learner.policy_agent import PolicyAgent, PolicyNets, PolicyState, model_observations, new_cuda_graph_step, resolve_device
@@ -66,6 +66,7 @@ class Agent:
         self._nonfinite = torch.zeros(3, device=self.device)
         # The hot training functions, eager (the reference) or compiled: same code, same results.
         self.compile_seconds: float | None = None  # the first update's time, compiling included
+        self._clip_gradients: Callable[[list[Tensor], float], Tensor] = torch.nn.utils.clip_grad_norm_
         if self.compile_plan.train:
             use_cache_dir(config.compile_cache)
             self._compile_training()
@@ -107,7 +108,7 @@ class Agent:
         self.last_priorities = priorities.detach().to(torch.float32, copy=True)
         self.wm_opt.zero_grad(set_to_none=True)
         wm_loss.backward()
-        wm_norm = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.config.world_model.grad_clip)
+        wm_norm = self._clip_gradients(list(self.world_model.parameters()), self.config.world_model.grad_clip)
         wm_bad = self._skip_if_nonfinite(self.wm_opt, wm_norm)
         self.wm_opt.step()
 
@@ -116,8 +117,8 @@ class Agent:
         self.ac_opt.zero_grad(set_to_none=True)
         ac_loss.backward(inputs=self._ac_params)
         clip = self.config.behavior.grad_clip
-        actor_norm = torch.nn.utils.clip_grad_norm_(self.actor_critic.actor.parameters(), clip)
-        critic_norm = torch.nn.utils.clip_grad_norm_(self.actor_critic.critic.parameters(), clip)
+        actor_norm = self._clip_gradients(list(self.actor_critic.actor.parameters()), clip)
+        critic_norm = self._clip_gradients(list(self.actor_critic.critic.parameters()), clip)
         ac_bad = self._skip_if_nonfinite(self.ac_opt, actor_norm + critic_norm)
         self.ac_opt.step()
         self.actor_critic.update_slow_critic()
@@ -153,16 +154,20 @@ class Agent:
 
     def _compile_training(self) -> None:
         """Compile every unit the update repeats or is made of, each with its backward: the
-        encoder, one observe step (the scan calls it T times), the world-model losses, one
-        imagined step (H times), the actor-critic losses. The loops stay in Python over compiled
-        steps: unrolled into one graph, Inductor took minutes to compile a 32-step scan on a CPU,
-        growing with the sequence length."""
+        encoder, the observe scan and the imagination in windows of up to SCAN_CHUNK steps, the
+        world-model losses, the actor-critic losses, gradient clipping. The loops over windows
+        stay in Python: unrolled into one graph, Inductor took minutes to compile a 32-step scan
+        on a CPU, growing with the sequence length."""
         wm, ac = self.world_model, self.actor_critic
         wm.encoder.compile(**compile_options(self.device))
-        wm.rssm.observe_step = compile_fn(wm.rssm.observe_step, self.device)
+        wm.rssm.scan_chunk = SCAN_CHUNK
+        wm.rssm.observe_chunk = compile_fn(wm.rssm.observe_chunk, self.device)
         wm.losses = compile_fn(wm.losses, self.device)
-        ac.imagine_step = compile_fn(ac.imagine_step, self.device)
+        ac.imagine_chunk = SCAN_CHUNK
+        ac.imagine_chunk_steps = compile_fn(ac.imagine_chunk_steps, self.device)
         ac.trajectory_loss = compile_fn(ac.trajectory_loss, self.device)
+        # eager, clipping dispatches a few operators per parameter (CPUs have no fused foreach kernels)
+        self._clip_gradients = compile_fn(torch.nn.utils.clip_grad_norm_, self.device)
 
     @staticmethod
     def _skip_if_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -> Tensor:

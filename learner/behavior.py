@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from learner.config import AgentConfig
-from learner.nets import MLP, TwoHotSymlog, reward_bins, sample_index
+from learner.nets import MLP, TwoHotSymlog, reward_bins, sample_index, window_length
 from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns
 from learner.spaces import ActionSpec
 from learner.world_model import Posterior, WorldModel
@@ -97,6 +97,9 @@ class ActorCritic(nn.Module):
         if grad not in ("auto", "reinforce", "backprop"):
             raise ValueError(f"behavior.actor_grad must be auto, reinforce or backprop, not {grad!r}")
         self.backprop = grad == "backprop" or (grad == "auto" and act_spec.kind == "continuous")
+        # At most this many imagined steps per `imagine_chunk_steps` call (None: the whole
+        # horizon, as the eager reference runs); the agent sets it when it compiles.
+        self.imagine_chunk: int | None = None
         if self.cfg.imagined_continue not in ("mode", "probability"):
             raise ValueError(f"behavior.imagined_continue must be mode or probability, not {self.cfg.imagined_continue!r}")
         self.soft_continue = self.cfg.imagined_continue == "probability"
@@ -109,21 +112,33 @@ class ActorCritic(nn.Module):
 
         `replay` holds the replayed sequences' `reward`, `is_last` and `is_terminal` [B, T]: the
         critic also learns from their real returns (DreamerV3's replay value loss)."""
-        deter, stoch = start.deter.flatten(0, 1), start.stoch.flatten(0, 1)
-        deters, stochs, logps, ents = [deter], [stoch], [], []
-        for _ in range(self.cfg.horizon):
+        first_deter, first_stoch = deter, stoch = start.deter.flatten(0, 1), start.stoch.flatten(0, 1)
+        parts = []
+        step = window_length(self.cfg.horizon, self.imagine_chunk)
+        for _ in range(0, self.cfg.horizon, step):
+            parts.append(self.imagine_chunk_steps(wm, deter, stoch, step))
+            deter, stoch = parts[-1][0][-1], parts[-1][1][-1]
+        # [H+1, N, ...] states, [H, N] log-probabilities and entropies of the actions taken
+        deters, stochs, logps, ents = (torch.cat(p) for p in zip(*parts))
+        deter_all, stoch_all = torch.cat([first_deter[None], deters]), torch.cat([first_stoch[None], stochs])
+        return self.trajectory_loss(wm, deter_all, stoch_all, logps, ents, replay)
+
+    def imagine_chunk_steps(self, wm: WorldModel, deter: Tensor, stoch: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`imagine_step` `steps` times: the unit the agent compiles, so that a compiled rollout is
+        H / steps calls. Returns the next `steps` states, log-probabilities and entropies, stacked
+        [steps, N, ...]."""
+        deters, stochs, logps, ents = [], [], [], []
+        for _ in range(steps):
             deter, stoch, logp, ent = self.imagine_step(wm, deter, stoch)
             deters.append(deter)
             stochs.append(stoch)
             logps.append(logp)
             ents.append(ent)
-        # [H+1, N, ...] states, [H, N] log-probabilities and entropies of the actions taken
-        return self.trajectory_loss(wm, torch.stack(deters), torch.stack(stochs), torch.stack(logps), torch.stack(ents), replay)
+        return torch.stack(deters), torch.stack(stochs), torch.stack(logps), torch.stack(ents)
 
     def imagine_step(self, wm: WorldModel, deter: Tensor, stoch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The actor acts in an imagined state and the model predicts the next one (the unit the
-        agent compiles: the loop calls it `horizon` times). Returns the next state and the
-        action's log-probability and the policy's entropy."""
+        """The actor acts in an imagined state and the model predicts the next one. Returns the
+        next state and the action's log-probability and the policy's entropy."""
         dist = self.policy(deter.detach() if not self.backprop else deter, stoch.detach() if not self.backprop else stoch)
         action = dist.sample()
         logp, ent = dist.log_prob(action.detach()), dist.entropy()

@@ -130,5 +130,14 @@ def sample_index(probs: Tensor) -> Tensor:
     return (cdf < u).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+def window_length(total: int, most: int | None) -> int:
+    """The longest window of at most `most` steps (None: no limit) that divides `total` evenly: a
+    compiled window function then sees one shape (a shorter last window would compile a second
+    program)."""
+    if most is None:
+        return total
+    return max(k for k in range(1, min(most, total) + 1) if total % k == 0)
+
+
 def reward_bins(count: int, device: torch.device | None = None) -> Tensor:
     return torch.linspace(-20.0, 20.0, count, device=device)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from learner.nets import MLP, sample_index
+from learner.nets import MLP, sample_index, window_length
 
 
 class LatentCategorical:
@@ -47,6 +47,9 @@ class RSSM(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, deter: int, hidden: int, stoch: int, classes: int, unimix: float):
         super().__init__()
         self.deter, self.stoch, self.classes, self.unimix = deter, stoch, classes, unimix
+        # At most this many time steps per `observe_chunk` call (None: the whole sequence, as the
+        # eager reference runs); the agent sets it when it compiles the scan.
+        self.scan_chunk: int | None = None
         latent = stoch * classes
         # GRU input: Linear([z, a]) split into the two parts.
         self.in_stoch = nn.Linear(latent, hidden, bias=False)
@@ -91,17 +94,28 @@ class RSSM(nn.Module):
         """Filter a batch of sequences. embed [B, T, E], action [B, T, A] (the action that led to
         each observation), is_first [B, T]. Returns deter [B, T, D], stoch samples [B, T, Z] and
         posterior logits [B, T, Z]; the state is reset to zeros where is_first is set."""
-        batch = embed.shape[0]
+        batch, length = embed.shape[:2]
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)
         action_proj = self.in_action(action * keep)
         embed_proj = self.post_embed(embed)
         # The first state requires grad when training does, like every later one: otherwise a
-        # compiled `observe_step` traces and compiles a second graph for its first call.
+        # compiled `observe_chunk` traces and compiles a second graph for its first call.
         deter, stoch = (x.requires_grad_(torch.is_grad_enabled()) for x in self.initial(batch, embed.device))
-        # one view per step (unbind: a single op, whose backward is one stack, not T scatters)
-        steps = zip(keep.unbind(1), action_proj.unbind(1), embed_proj.unbind(1))
+        windows, step = [], window_length(length, self.scan_chunk)
+        for start in range(0, length, step):
+            part = slice(start, start + step)
+            windows.append(self.observe_chunk(deter, stoch, keep[:, part], action_proj[:, part], embed_proj[:, part]))
+            deter, stoch = windows[-1][0][:, -1], windows[-1][1][:, -1]
+        deters, stochs, logits = (torch.cat(parts, 1) for parts in zip(*windows))
+        return deters, stochs, logits
+
+    def observe_chunk(self, deter: Tensor, stoch: Tensor, keep: Tensor, action_proj: Tensor, embed_proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`observe_step` over a window of the sequence ([B, K, ...] inputs and outputs): the unit
+        the agent compiles, so that a compiled scan is T / K calls, each one program forward and
+        one backward, rather than T calls whose weight gradients autograd adds up one by one."""
         deters, stochs, logits = [], [], []
-        for keep_t, action_t, embed_t in steps:
+        # one view per step (unbind: a single op, whose backward is one stack, not K scatters)
+        for keep_t, action_t, embed_t in zip(keep.unbind(1), action_proj.unbind(1), embed_proj.unbind(1)):
             deter, stoch, post = self.observe_step(deter, stoch, keep_t, action_t, embed_t)
             deters.append(deter)
             stochs.append(stoch)
@@ -109,8 +123,7 @@ class RSSM(nn.Module):
         return torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits, 1)
 
     def observe_step(self, deter: Tensor, stoch: Tensor, keep: Tensor, action_proj: Tensor, embed_proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One filtering step (the unit the agent compiles: `observe` calls it once per time step).
-        Returns the new deter, a posterior sample and the posterior logits."""
+        """One filtering step (the policy's acting step too). Returns the new deter, a posterior sample and the posterior logits."""
         deter = self.recur(deter * keep, stoch * keep, action_proj)
         post = self.posterior_logits(deter, embed_proj)
         return deter, self.dist(post).sample(), post

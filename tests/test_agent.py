@@ -7,6 +7,7 @@ import torch
 
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig, HarmonyConfig, ModelConfig
+from learner.nets import window_length
 from learner.rssm import RSSM, categorical_kl
 from learner.spaces import ActionSpec, ObservationShapeError, ObservationSpec
 
@@ -200,6 +201,40 @@ def test_imagination_discounts_by_the_continue_head(imagined_continue, cont):
     returns = [reward * sum(step**k for k in range(bh.horizon - t)) for t in range(bh.horizon)]
     assert metrics["critic/value"].item() == pytest.approx(0.0, abs=1e-6)
     assert metrics["imagine/return"].item() == pytest.approx(np.mean(returns), rel=1e-4)
+
+
+@pytest.mark.parametrize("window", [1, 3, 4])
+def test_windowed_scan_and_imagination_match_the_whole(window):
+    """The compiled agent runs the observe scan and the imagination in windows (SCAN_CHUNK); in
+    windows of any length they compute what one pass does: same losses, same gradients. Length
+    8 and horizon 15 in windows of at most 3 run as 4 x 2 and 5 x 3 steps, of 4 as 2 x 4 and
+    3 x 5 steps (window_length keeps every window the same length)."""
+    agent = make_agent()
+    data = agent._to_device(make_batch(agent, length=8))
+    wm, ac = agent.world_model, agent.actor_critic
+    results = []
+    for chunk in (None, window):
+        wm.rssm.scan_chunk = ac.imagine_chunk = chunk
+        torch.manual_seed(5)
+        wm_loss, _, posterior = wm.loss(data)
+        ac_loss, _ = ac.loss(wm, posterior, data)
+        params = [p for module in (wm, ac) for p in module.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(wm_loss + ac_loss, params, allow_unused=True)
+        results.append((wm_loss.detach(), ac_loss.detach(), posterior.deter.detach(), grads))
+    (wm_a, ac_a, deter_a, grads_a), (wm_b, ac_b, deter_b, grads_b) = results
+    assert deter_b.shape == deter_a.shape == (3, 8, wm.rssm.deter)
+    torch.testing.assert_close(deter_b, deter_a)
+    torch.testing.assert_close(wm_b, wm_a)
+    torch.testing.assert_close(ac_b, ac_a)
+    for a, b in zip(grads_a, grads_b):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a)
+
+
+def test_window_length_divides_evenly():
+    assert [window_length(64, 8), window_length(15, 8), window_length(6, 8), window_length(13, 8)] == [8, 5, 6, 1]
+    assert window_length(64, None) == 64
 
 
 def test_unknown_imagined_continue_is_rejected():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch._inductor.config as inductor_config
+from torch._inductor.utils import run_and_get_code
 
 from learner.agent import Agent, metrics_to_floats
-from learner.compiler import plan_compile
+from learner.compiler import compile_fn, plan_compile
 from learner.config import AgentConfig, ModelConfig
 from learner.spaces import ActionSpec, ObservationSpec
 from test_agent import make_batch
@@ -109,3 +110,16 @@ def test_auto_stays_eager_on_a_cpu_without_a_cxx_compiler(monkeypatch):
     assert not plan.train and not plan.act and "no C++ compiler" in plan.reason
     assert not plan_compile("auto", torch.device("cuda"), deter=512, images=False).train
     assert plan_compile("on", torch.device("cpu"), deter=512, images=False).train, "on is obeyed"
+
+
+def test_cpu_matmul_biases_are_added_in_inductors_loops(tmp_path, monkeypatch):
+    """On a CPU the compiled units hand Inductor a plain matmul and add the bias in the fused loop
+    that follows (UnfuseBiasAdd), with the same result as the eager layer."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    compiled = compile_fn(lambda v: torch.relu(layer(v)), torch.device("cpu"))
+    out, (code, *_) = run_and_get_code(compiled, x)
+    assert "addmm" not in code and "extern_kernels.mm(" in code
+    torch.testing.assert_close(out, torch.relu(layer(x)))
