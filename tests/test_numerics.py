@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.nets import TwoHotSymlog, reward_bins
+from learner.nets import TwoHotSymlog, reward_bins, sample_index
 from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns, symexp, symlog, twohot
 
 
@@ -91,3 +91,24 @@ def test_replay_returns_use_real_rewards_and_stop_at_episode_ends():
     # a time limit (last but not terminal) bootstraps from the imagined return instead of zero
     truncated = replay_returns(reward, is_last, torch.zeros_like(is_last), boot, gamma, lam)
     torch.testing.assert_close(truncated[0, 1], torch.tensor(2.0 + gamma * 30.0))
+
+
+def test_categorical_samples_follow_their_probabilities():
+    """200k draws from each of two distributions (one with a zero): every frequency within 5
+    standard errors of its probability, a zero-probability class never drawn."""
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.0, 0.7, 0.1, 0.2]])
+    draws = 200_000
+    index = sample_index(probs.expand(draws, 2, 4))
+    assert index.shape == (draws, 2) and index.dtype == torch.int64
+    freq = torch.nn.functional.one_hot(index, 4).float().mean(0)
+    stderr = (probs * (1 - probs) / draws).sqrt()
+    assert ((freq - probs).abs() <= 5 * stderr + 1e-9).all(), freq
+    assert freq[1, 0] == 0.0
+
+
+def test_categorical_sampling_survives_nan_probabilities():
+    """A non-finite update's NaN probabilities give some index, not an error: the update is
+    skipped by the non-finite guard, the run goes on."""
+    index = sample_index(torch.full((3, 5), float("nan")))
+    assert ((index >= 0) & (index < 5)).all()
