@@ -134,7 +134,8 @@ class Agent:
         if self.compile_plan.train and self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - started
         # One copy of all metrics: compiled programs (CUDA graphs) reuse their output memory.
-        return dict(zip(metrics, torch.stack([v.reshape(()).float() for v in metrics.values()]).unbind()))
+        with torch.no_grad():
+            return dict(zip(metrics, torch.stack([float_scalar(v) for v in metrics.values()]).unbind()))
 
     def distribute(self) -> None:
         """Train as one rank of the process group this process joined (learner/distributed.py):
@@ -265,5 +266,12 @@ def metrics_to_floats(metrics: dict[str, Tensor]) -> dict[str, float]:
     """One host sync for a whole dict of metrics (stack, then copy once)."""
     if not metrics:
         return {}
-    values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()]).cpu().tolist()
+    with torch.no_grad():
+        values = torch.stack([float_scalar(v) for v in metrics.values()]).tolist()
     return dict(zip(metrics.keys(), values))
+
+
+def float_scalar(value: Tensor) -> Tensor:
+    """`value` as a 0-d float32 tensor; most metrics are one already, and then nothing is
+    dispatched (a few no-op operators per metric add up to hundreds per update)."""
+    return value if value.dim() == 0 and value.dtype == torch.float32 else value.reshape(()).float()
