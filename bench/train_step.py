@@ -4,11 +4,12 @@ Usage: python -m bench.train_step [--size S] [--obs image|vector] [--mode both|e
        [--precision fp32|bf16|auto] [--batch 16] [--length 64] [--steps 5] [--device auto]
 
 Imports torch and numpy only (through learner/), so it runs on a GPU machine without Ray or
-environment packages. Prints one line per timed update and a final JSON line with eager_s,
-compiled_s, speedup (eager_s / compiled_s), compile_s (the first compiled update, compiling
-included), eager_ops / compiled_ops (aten operators dispatched in one update, counted by the
-torch profiler: a machine-independent measure of launch overhead), params, device and, on CUDA,
-peak memory per mode.
+environment packages. With `--mode both` the timed updates alternate between the two agents, so
+that a noisy machine slows both alike. Prints one line per timed update and a final JSON line
+with eager_s, compiled_s, speedup (eager_s / compiled_s), compile_s (the first compiled update,
+compiling included), eager_ops / compiled_ops (aten operators dispatched in one update, counted
+by the torch profiler: a machine-independent measure of launch overhead), params, device and,
+on CUDA, peak memory per mode.
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def count_ops(agent: Agent, batch: dict[str, np.ndarray]) -> int:
     return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
 
 
-def measure(args: argparse.Namespace, compile_mode: str) -> dict[str, Any]:
-    """Median seconds per update after warm-up, for eager (`off`) or compiled (`on`)."""
+def build(args: argparse.Namespace, compile_mode: str) -> dict[str, Any]:
+    """An agent for eager (`off`) or compiled (`on`) updates, after its first (compiling) update
+    and the warm-ups."""
     torch.manual_seed(0)
     config = AgentConfig(
         model=ModelConfig(size=args.size), device=args.device, precision=args.precision,
@@ -72,27 +74,44 @@ def measure(args: argparse.Namespace, compile_mode: str) -> dict[str, Any]:
     agent = Agent(ObservationSpec(obs), ActionSpec("discrete", (ACTIONS,)), config)
     batch = synthetic_batch(obs, args.batch, args.length, np.random.default_rng(0))
     cuda = agent.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
+    if cuda:  # this mode's peak: above what was allocated before its updates (the other agent's)
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     metrics_to_floats(agent.train_step(batch))
     first = time.perf_counter() - start
     for _ in range(args.warmup):
         metrics_to_floats(agent.train_step(batch))
-    times = []
     name = "compiled" if compile_mode == "on" else "eager"
-    for step in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        metrics = agent.train_step(batch)
-        sync()
-        times.append(time.perf_counter() - start)
-        print(f"{name} {agent.precision.precision} update {step}: {times[-1]:.4f} s  wm_loss={metrics_to_floats(metrics)['world_model/loss']:.2f}", flush=True)
-    result = {"seconds": float(np.median(times)), "first_s": first, "ops": count_ops(agent, batch), "agent": agent}
+    run = {"name": name, "agent": agent, "batch": batch, "first_s": first, "times": []}
     if cuda:
-        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return result
+        run["peak_gib"] = (torch.cuda.max_memory_allocated() - before) / 2**30
+    return run
+
+
+def time_update(run: dict[str, Any], step: int) -> None:
+    agent = run["agent"]
+    sync = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    metrics = agent.train_step(run["batch"])
+    sync()
+    run["times"].append(time.perf_counter() - start)
+    loss = metrics_to_floats(metrics)["world_model/loss"]
+    print(f"{run['name']} {agent.precision.precision} update {step}: {run['times'][-1]:.4f} s  wm_loss={loss:.2f}", flush=True)
+
+
+def measure(args: argparse.Namespace, modes: list[str]) -> dict[str, dict[str, Any]]:
+    """Median seconds per update of each mode. With both, the timed updates alternate (eager,
+    compiled, eager, ...), so that a noisy machine slows both alike and the ratio holds."""
+    runs = {mode: build(args, mode) for mode in modes}
+    for step in range(args.steps):
+        for run in runs.values():
+            time_update(run, step)
+    for run in runs.values():
+        run["seconds"] = float(np.median(run["times"]))
+        run["ops"] = count_ops(run["agent"], run["batch"])
+    return runs
 
 
 def main() -> None:
@@ -113,7 +132,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = {"both": ["off", "on"], "eager": ["off"], "compiled": ["on"]}[args.mode]
-    results = {mode: measure(args, mode) for mode in modes}
+    results = measure(args, modes)
     agent = next(iter(results.values()))["agent"]
     device = torch.cuda.get_device_name() if agent.device.type == "cuda" else "cpu"
     out: dict[str, Any] = {
