@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from learner.behavior import ActorCritic
-from learner.compiler import SCAN_CHUNK, compile_fn, compile_options, use_cache_dir
+from learner.compiler import compile_fn, compile_options, use_cache_dir
 from learner.config import AgentConfig
 from learner.distributed import data_parallel
 from learner.policy_agent import PolicyAgent, PolicyNets, PolicyState, model_observations, new_cuda_graph_step, resolve_device
@@ -155,17 +155,18 @@ class Agent:
 
     def _compile_training(self) -> None:
         """Compile every unit the update repeats or is made of, each with its backward: the
-        encoder, the observe scan and the imagination in windows of up to SCAN_CHUNK steps, the
+        encoder, the observe scan and the imagination in windows of `agent.compile_window` steps
+        at most (autograd then sums a weight's gradient once per window, not once per step), the
         world-model losses, the actor-critic losses, gradient clipping. The loops over windows
         stay in Python: unrolled into one graph, Inductor took minutes to compile a 32-step scan
         on a CPU, growing with the sequence length."""
         wm, ac = self.world_model, self.actor_critic
         wm.encoder.compile(**compile_options(self.device))
-        wm.rssm.scan_chunk = SCAN_CHUNK
-        wm.rssm.observe_chunk = compile_fn(wm.rssm.observe_chunk, self.device)
+        wm.rssm.window = self.config.compile_window
+        wm.rssm.observe_window = compile_fn(wm.rssm.observe_window, self.device)
         wm.losses = compile_fn(wm.losses, self.device)
-        ac.imagine_chunk = SCAN_CHUNK
-        ac.imagine_chunk_steps = compile_fn(ac.imagine_chunk_steps, self.device)
+        ac.window = self.config.compile_window
+        ac.imagine_window = compile_fn(ac.imagine_window, self.device)
         ac.trajectory_loss = compile_fn(ac.trajectory_loss, self.device)
         # eager, clipping dispatches a few operators per parameter (CPUs have no fused foreach kernels)
         self._clip_gradients = compile_fn(torch.nn.utils.clip_grad_norm_, self.device)

@@ -97,9 +97,10 @@ class ActorCritic(nn.Module):
         if grad not in ("auto", "reinforce", "backprop"):
             raise ValueError(f"behavior.actor_grad must be auto, reinforce or backprop, not {grad!r}")
         self.backprop = grad == "backprop" or (grad == "auto" and act_spec.kind == "continuous")
-        # At most this many imagined steps per `imagine_chunk_steps` call (None: the whole
-        # horizon, as the eager reference runs); the agent sets it when it compiles.
-        self.imagine_chunk: int | None = None
+        # At most this many imagined steps per `imagine_window` call (None: the whole
+        # horizon, as the eager reference runs); the agent sets it when it compiles
+        # (`agent.compile_window`).
+        self.window: int | None = None
         if self.cfg.imagined_continue not in ("mode", "probability"):
             raise ValueError(f"behavior.imagined_continue must be mode or probability, not {self.cfg.imagined_continue!r}")
         self.soft_continue = self.cfg.imagined_continue == "probability"
@@ -114,16 +115,16 @@ class ActorCritic(nn.Module):
         critic also learns from their real returns (DreamerV3's replay value loss)."""
         first_deter, first_stoch = deter, stoch = start.deter.flatten(0, 1), start.stoch.flatten(0, 1)
         parts = []
-        step = window_length(self.cfg.horizon, self.imagine_chunk)
+        step = window_length(self.cfg.horizon, self.window)
         for _ in range(0, self.cfg.horizon, step):
-            parts.append(self.imagine_chunk_steps(wm, deter, stoch, step))
+            parts.append(self.imagine_window(wm, deter, stoch, step))
             deter, stoch = parts[-1][0][-1], parts[-1][1][-1]
         # [H+1, N, ...] states, [H, N] log-probabilities and entropies of the actions taken
         deters, stochs, logps, ents = (torch.cat(p) for p in zip(*parts))
         deter_all, stoch_all = torch.cat([first_deter[None], deters]), torch.cat([first_stoch[None], stochs])
         return self.trajectory_loss(wm, deter_all, stoch_all, logps, ents, replay)
 
-    def imagine_chunk_steps(self, wm: WorldModel, deter: Tensor, stoch: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def imagine_window(self, wm: WorldModel, deter: Tensor, stoch: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`imagine_step` `steps` times: the unit the agent compiles, so that a compiled rollout is
         H / steps calls. Returns the next `steps` states, log-probabilities and entropies, stacked
         [steps, N, ...]."""

@@ -21,12 +21,6 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from learner.config import MIN_CPU_SPEEDUP_DETER
 
 COMPILE_MODES = ("auto", "on", "off")
-# Time steps per compiled call of the observe scan and the imagination (at most; learner/nets.py:
-# window_length). Measured at XS on a 2-core CPU against one step per call: windows of 8 (the
-# imagination's 15 steps as 3 x 5) dispatched ~1,770 fewer aten ops per update (autograd sums
-# fewer per-call weight gradients; fewer views in and out) and ran ~4 % faster, at ~40 s more
-# compiling; 16 ran no faster and compiled ~150 s longer.
-SCAN_CHUNK = 8
 CXX = os.environ.get("CXX", "g++")  # what Inductor calls on Linux
 
 

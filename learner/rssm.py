@@ -47,9 +47,9 @@ class RSSM(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, deter: int, hidden: int, stoch: int, classes: int, unimix: float):
         super().__init__()
         self.deter, self.stoch, self.classes, self.unimix = deter, stoch, classes, unimix
-        # At most this many time steps per `observe_chunk` call (None: the whole sequence, as the
-        # eager reference runs); the agent sets it when it compiles the scan.
-        self.scan_chunk: int | None = None
+        # At most this many time steps per `observe_window` call (None: the whole sequence, as the
+        # eager reference runs); the agent sets it when it compiles (`agent.compile_window`).
+        self.window: int | None = None
         latent = stoch * classes
         # GRU input: Linear([z, a]) split into the two parts.
         self.in_stoch = nn.Linear(latent, hidden, bias=False)
@@ -99,17 +99,17 @@ class RSSM(nn.Module):
         action_proj = self.in_action(action * keep)
         embed_proj = self.post_embed(embed)
         # The first state requires grad when training does, like every later one: otherwise a
-        # compiled `observe_chunk` traces and compiles a second graph for its first call.
+        # compiled `observe_window` traces and compiles a second graph for its first call.
         deter, stoch = (x.requires_grad_(torch.is_grad_enabled()) for x in self.initial(batch, embed.device))
-        windows, step = [], window_length(length, self.scan_chunk)
+        windows, step = [], window_length(length, self.window)
         for start in range(0, length, step):
             part = slice(start, start + step)
-            windows.append(self.observe_chunk(deter, stoch, keep[:, part], action_proj[:, part], embed_proj[:, part]))
+            windows.append(self.observe_window(deter, stoch, keep[:, part], action_proj[:, part], embed_proj[:, part]))
             deter, stoch = windows[-1][0][:, -1], windows[-1][1][:, -1]
         deters, stochs, logits = (torch.cat(parts, 1) for parts in zip(*windows))
         return deters, stochs, logits
 
-    def observe_chunk(self, deter: Tensor, stoch: Tensor, keep: Tensor, action_proj: Tensor, embed_proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def observe_window(self, deter: Tensor, stoch: Tensor, keep: Tensor, action_proj: Tensor, embed_proj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`observe_step` over a window of the sequence ([B, K, ...] inputs and outputs): the unit
         the agent compiles, so that a compiled scan is T / K calls, each one program forward and
         one backward, rather than T calls whose weight gradients autograd adds up one by one."""

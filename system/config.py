@@ -300,6 +300,7 @@ def validate(config: Config) -> None:
         (config.agent.behavior.actor_grad in ("auto", "reinforce", "backprop"), f"agent.behavior.actor_grad must be auto, reinforce or backprop (got {config.agent.behavior.actor_grad!r})"),
         (config.agent.precision in ("auto", "bf16", "fp32"), "agent.precision must be auto, bf16 or fp32"),
         (config.agent.compile in ("auto", "on", "off"), "agent.compile must be auto, on or off"),
+        (config.agent.compile_window >= 1, f"agent.compile_window must be >= 1 step (got {config.agent.compile_window})"),
         (config.agent.world_model.terminal_weight > 0, f"agent.world_model.terminal_weight must be positive (1 = DreamerV3; got {config.agent.world_model.terminal_weight})"),
     ]
     for ok, message in checks:

@@ -205,16 +205,16 @@ def test_imagination_discounts_by_the_continue_head(imagined_continue, cont):
 
 @pytest.mark.parametrize("window", [1, 3, 4])
 def test_windowed_scan_and_imagination_match_the_whole(window):
-    """The compiled agent runs the observe scan and the imagination in windows (SCAN_CHUNK); in
-    windows of any length they compute what one pass does: same losses, same gradients. Length
-    8 and horizon 15 in windows of at most 3 run as 4 x 2 and 5 x 3 steps, of 4 as 2 x 4 and
-    3 x 5 steps (window_length keeps every window the same length)."""
+    """The compiled agent runs the observe scan and the imagination in windows
+    (`agent.compile_window`); in windows of any length they compute what one pass does: same
+    losses, same gradients. Length 8 and horizon 15 in windows of at most 3 run as 4 x 2 and
+    5 x 3 steps, of at most 4 as 2 x 4 and 5 x 3 (window_length keeps all windows one length)."""
     agent = make_agent()
     data = agent._to_device(make_batch(agent, length=8))
     wm, ac = agent.world_model, agent.actor_critic
     results = []
     for chunk in (None, window):
-        wm.rssm.scan_chunk = ac.imagine_chunk = chunk
+        wm.rssm.window = ac.window = chunk
         torch.manual_seed(5)
         wm_loss, _, posterior = wm.loss(data)
         ac_loss, _ = ac.loss(wm, posterior, data)

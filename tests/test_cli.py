@@ -31,6 +31,7 @@ BAD_TRAIN = [
     (["--config", "cartpole", "agent.behavior.actor_grad=dynamics"], "agent.behavior.actor_grad must be"),
     (["--config", "cartpole", "agent.precision=fp16"], "agent.precision must be auto, bf16 or fp32"),
     (["--config", "cartpole", "agent.world_model.terminal_weight=0"], "terminal_weight must be positive"),
+    (["--config", "cartpole", "agent.compile_window=0"], "agent.compile_window must be >= 1 step (got 0)"),
     (["--config", "cartpole", "runners.insert_batch=0"], "runners.insert_batch must be >= 1"),
     (["--config", "cartpole", "run.steps"], "is not key=value"),
     (["--config", "cartpole", "ray.address=127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1"),

@@ -23,8 +23,12 @@ UPDATES = 5
 
 
 def agent(compile_mode: str, cache: str, obs: ObservationSpec = TRAIN_OBS) -> Agent:
+    """Windows of 3 steps: the 6-step scan and the 15-step imagination as several compiled calls
+    each, which carry the state from one to the next."""
     torch.manual_seed(0)
-    config = AgentConfig(model=ModelConfig(size="debug"), precision="fp32", compile=compile_mode, compile_cache=cache)
+    config = AgentConfig(
+        model=ModelConfig(size="debug"), precision="fp32", compile=compile_mode, compile_cache=cache, compile_window=3
+    )
     return Agent(obs, ACTION, config, device="cpu")
 
 
