@@ -1,6 +1,6 @@
 """The compiled agent computes what the eager one (the reference) does: same losses update after
 update, same parameters, same actions. Small models, so that Inductor compiles every unit in about
-a minute on 2 cores with a cold cache: vector observations for the train step (what `auto`
+a minute and a half on 2 cores with a cold cache: vector observations for the train step (what `auto`
 compiles on a CPU), images and vectors for the policy step."""
 from __future__ import annotations
 
