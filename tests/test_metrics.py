@@ -31,8 +31,10 @@ def test_an_evaluation_logged_after_later_training_rows_still_reaches_wandb_and_
     resumed.log(2000, {"episode/return": 30.0})
     resumed.close()
     assert (tmp_path / RUN_ID_FILE).read_text().strip() == run_id
-    runs = [d.name for d in tmp_path.glob("wandb/offline-run-*")]  # one folder per start (the same one within a second)
-    assert runs and all(name.endswith(f"-{run_id}") for name in runs), "the resumed run logs to the same W&B run id"
+    # one folder per start, named by the second it started (W&B appends -1 to a second folder of
+    # the same second); the run file inside is named by the run id
+    files = {f.name for f in tmp_path.glob("wandb/offline-run-*/run-*.wandb")}
+    assert files == {f"run-{run_id}.wandb"}, "the resumed run logs to the same W&B run id"
 
 
 def test_best_evaluation_spans_the_whole_file_and_keeps_the_earliest_of_equals(tmp_path: Path) -> None:
