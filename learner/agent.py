@@ -32,7 +32,7 @@ class Agent:
         self.obs_spec, self.act_spec = obs_spec, act_spec
         self.device = resolve_device(device or config.device)
         self.world_model = WorldModel(obs_spec, act_spec, config).to(self.device)
-        feat = [self.world_model.rssm.deter, self.world_model.rssm.latent_dim]
+        feat = self.world_model.rssm.features
         self.actor_critic = ActorCritic(feat, act_spec, config).to(self.device)
         # Acting, on these very modules: one code path, and what `policy_weights` publishes is
         # this view's state. Precision and compile plan are decided once, there.

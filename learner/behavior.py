@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from learner.config import AgentConfig
-from learner.nets import MLP, TwoHotSymlog, reward_bins, sample_index, window_length
+from learner.nets import MLP, Input, TwoHotSymlog, reward_bins, sample_index, window_length
 from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns
 from learner.spaces import ActionSpec
 from learner.world_model import Posterior, WorldModel
@@ -72,7 +72,7 @@ class Actor(MLP):
     behavior that a runner needs to act (learner/policy_agent.py). An MLP with no parameters of
     its own, so its weights keep the MLP's names."""
 
-    def __init__(self, feat_dims: list[int], act_spec: ActionSpec, config: AgentConfig):
+    def __init__(self, feat_dims: list[Input], act_spec: ActionSpec, config: AgentConfig):
         dims = config.model.resolved()
         out = 2 * act_spec.model_dim if act_spec.kind == "continuous" else act_spec.model_dim
         super().__init__(feat_dims, dims["hidden"], dims["layers"], out)
@@ -84,7 +84,7 @@ class Actor(MLP):
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, feat_dims: list[int], act_spec: ActionSpec, config: AgentConfig):
+    def __init__(self, feat_dims: list[Input], act_spec: ActionSpec, config: AgentConfig):
         super().__init__()
         dims = config.model.resolved()
         self.cfg = config.behavior

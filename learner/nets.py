@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -10,17 +11,49 @@ from torch.nn import functional as F
 from learner.numerics import symexp, symlog, twohot
 
 
+@dataclass(frozen=True)
+class OneHots:
+    """An input made of `groups` one-hot vectors of `classes` entries each, flattened: the RSSM's
+    stochastic latent. A layer that knows this multiplies it by gathering weight columns."""
+
+    groups: int
+    classes: int
+
+    @property
+    def dim(self) -> int:
+        return self.groups * self.classes
+
+
+Input = int | OneHots  # a layer input: its width, or the one-hot layout that gives it
+
+
+def input_width(spec: Input) -> int:
+    return spec.dim if isinstance(spec, OneHots) else spec
+
+
+def input_classes(specs: Sequence[Input]) -> list[int | None]:
+    """Per input, the classes of its one-hot groups (None: a dense input), for `linear_sum`."""
+    return [spec.classes if isinstance(spec, OneHots) else None for spec in specs]
+
+
+# Below this many rows a dense product costs less than transposing the weight for the gather
+# (XS: 1024 x 256 weights, measured break-even ~64 rows), so the RSSM's 16-row observe steps and
+# a runner's policy steps stay dense.
+ONEHOT_MIN_ROWS = 64
+
+
 class MLP(nn.Module):
     """Linear -> LayerNorm -> SiLU blocks whose first layer takes several inputs.
 
     The first layer holds one weight per input and sums the products, which equals a linear layer
     on the concatenated inputs without materialising the concatenation (the RSSM and imagination
-    loops call these once per step).
+    loops call these once per step). Inputs given as `OneHots` are multiplied by `onehot_linear`.
     """
 
-    def __init__(self, in_dims: Sequence[int], hidden: int, layers: int, out: int | None = None, zero_out: bool = False):
+    def __init__(self, in_dims: Sequence[Input], hidden: int, layers: int, out: int | None = None, zero_out: bool = False):
         super().__init__()
-        self.inputs = nn.ModuleList(nn.Linear(d, hidden, bias=i == 0) for i, d in enumerate(in_dims))
+        self.inputs = nn.ModuleList(nn.Linear(input_width(d), hidden, bias=i == 0) for i, d in enumerate(in_dims))
+        self.classes = input_classes(in_dims)
         self.norm0 = nn.LayerNorm(hidden, eps=1e-3)
         blocks: list[nn.Module] = []
         for _ in range(layers - 1):
@@ -32,17 +65,63 @@ class MLP(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, *xs: Tensor) -> Tensor:
-        h = self.blocks(F.silu(self.norm0(linear_sum(self.inputs, xs))))
+        h = self.blocks(F.silu(self.norm0(linear_sum(self.inputs, xs, self.classes))))
         return self.out(h) if self.out is not None else h
 
 
-def linear_sum(layers: nn.ModuleList, xs: Sequence[Tensor]) -> Tensor:
-    """sum_i layers[i](xs[i]), accumulated in place by addmm (no concatenation, no temporaries)."""
+def linear_sum(layers: nn.ModuleList, xs: Sequence[Tensor], classes: Sequence[int | None]) -> Tensor:
+    """sum_i layers[i](xs[i]), accumulated in place by addmm (no concatenation, no temporaries);
+    an input whose `classes` is set holds one-hot groups of that many classes (`onehot_linear`)."""
     lead = xs[0].shape[:-1]
     h = layers[0](xs[0].reshape(-1, xs[0].shape[-1]))
-    for layer, x in zip(layers[1:], xs[1:]):
-        h = torch.addmm(h, x.reshape(-1, x.shape[-1]).to(h.dtype), layer.weight.t().to(h.dtype))
+    for layer, x, group in zip(layers[1:], xs[1:], classes[1:]):
+        x = x.reshape(-1, x.shape[-1])
+        if group is not None and x.shape[0] >= ONEHOT_MIN_ROWS:
+            h = h + OneHotMatmul.apply(x, layer.weight, group, h.dtype)
+        else:
+            h = torch.addmm(h, x.to(h.dtype), layer.weight.t().to(h.dtype))
     return h.reshape(*lead, h.shape[-1])
+
+
+def onehot_linear(x: Tensor, weight: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
+    """`F.linear(x, weight)` in `dtype` for an x whose every group of `classes` entries holds at
+    most one non-zero entry, and a positive one: one-hot samples, straight-through samples (the
+    sample plus a zero-valued gradient path), and samples masked to zeros.
+
+    A row then selects one weight column per group, so the product is a sum of gathered columns:
+    a 32 x 32 latent times a 1024 x 256 weight is 32 column additions instead of 1,024 multiply-adds
+    per output, the bulk of an imagination's matmul FLOPs (its heads and actor see 15 x 1024 such
+    rows). The gradients are those of the dense product: straight-through samples pass gradients
+    to every class."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] < ONEHOT_MIN_ROWS:
+        out = F.linear(flat, weight).to(dtype)
+    else:
+        out = OneHotMatmul.apply(flat, weight, classes, dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class OneHotMatmul(torch.autograd.Function):
+    """x @ weight.T by gathering (see `onehot_linear`). Forward in the weight's dtype, exact up to
+    the order of the sums; backward the dense products, in `dtype` (the autocast dtype, so that
+    bf16 runs keep bf16 matmuls there)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
+        value, index = x.unflatten(-1, (-1, classes)).max(-1)  # [rows, groups]: the non-zero entry
+        index = index + torch.arange(0, x.shape[-1], classes, device=x.device)
+        out = F.embedding_bag(index, weight.t().contiguous(), mode="sum", per_sample_weights=value.to(weight.dtype))
+        ctx.save_for_backward(x, weight)
+        ctx.dtype = dtype
+        return out.to(dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        grad = grad.to(ctx.dtype)
+        grad_x = (grad @ weight.to(ctx.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad.t() @ x.to(ctx.dtype)).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, None, None
 
 
 class ChannelNorm(nn.Module):
@@ -87,11 +166,12 @@ class ImageEncoder(nn.Module):
 class ImageDecoder(nn.Module):
     """Mirror of `ImageEncoder`: features -> 4x4 map -> transposed convolutions -> image mean."""
 
-    def __init__(self, in_dims: Sequence[int], channels: int, resolution: int, depth: int):
+    def __init__(self, in_dims: Sequence[Input], channels: int, resolution: int, depth: int):
         super().__init__()
         widths = _stages(resolution, depth)[::-1]
         self.top = widths[0]
-        self.inputs = nn.ModuleList(nn.Linear(d, widths[0] * 16, bias=i == 0) for i, d in enumerate(in_dims))
+        self.inputs = nn.ModuleList(nn.Linear(input_width(d), widths[0] * 16, bias=i == 0) for i, d in enumerate(in_dims))
+        self.classes = input_classes(in_dims)
         layers: list[nn.Module] = []
         for width, nxt in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(width, nxt, 4, 2, 1, bias=False), ChannelNorm(nxt), nn.SiLU()]
@@ -100,7 +180,7 @@ class ImageDecoder(nn.Module):
 
     def forward(self, *xs: Tensor) -> Tensor:
         """features [N, ...] -> predicted images [N, H, W, C] in [-0.5, 0.5] units."""
-        h = linear_sum(self.inputs, xs)
+        h = linear_sum(self.inputs, xs, self.classes)
         h = h.view(-1, self.top, 4, 4).contiguous(memory_format=torch.channels_last)
         return self.net(h).permute(0, 2, 3, 1)
 

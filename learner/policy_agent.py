@@ -73,7 +73,7 @@ class PolicyNets(nn.Module):
         """Fresh networks, from the builders the training agent's modules come from."""
         encoder = build_encoder(obs_spec, config)
         rssm = build_rssm(encoder.out_dim, act_spec, config)
-        return cls(encoder, rssm, Actor([rssm.deter, rssm.latent_dim], act_spec, config))
+        return cls(encoder, rssm, Actor(rssm.features, act_spec, config))
 
 
 class PolicyAgent:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from learner.nets import MLP, sample_index, window_length
+from learner.nets import MLP, Input, OneHots, onehot_linear, sample_index, window_length
 
 
 class LatentCategorical:
@@ -70,6 +70,11 @@ class RSSM(nn.Module):
     def latent_dim(self) -> int:
         return self.stoch * self.classes
 
+    @property
+    def features(self) -> list[Input]:
+        """What heads, actor and critic take: the deter state and the one-hot latent."""
+        return [self.deter, OneHots(self.stoch, self.classes)]
+
     def initial(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
         return torch.zeros(batch, self.deter, device=device), torch.zeros(batch, self.latent_dim, device=device)
 
@@ -78,7 +83,7 @@ class RSSM(nn.Module):
 
     def recur(self, deter: Tensor, stoch: Tensor, action_proj: Tensor) -> Tensor:
         """One GRU step from the previous state and the (projected) action that followed it."""
-        x = F.silu(self.in_norm(self.in_stoch(stoch) + action_proj))
+        x = F.silu(self.in_norm(onehot_linear(stoch, self.in_stoch.weight, self.classes, action_proj.dtype) + action_proj))
         reset, cand, update = self.gru_norm(self.gru_x(x) + self.gru_h(deter)).chunk(3, -1)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1.0)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from learner.config import AgentConfig
 from learner.harmonizer import Harmonizer
-from learner.nets import MLP, ImageDecoder, ImageEncoder, TwoHotSymlog, reward_bins
+from learner.nets import MLP, ImageDecoder, ImageEncoder, Input, TwoHotSymlog, reward_bins
 from learner.numerics import symlog
 from learner.rssm import RSSM, categorical_kl
 from learner.spaces import ActionSpec, ObservationSpec
@@ -67,7 +67,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Predicts every observation key from the model state; returns one loss per key."""
 
-    def __init__(self, spec: ObservationSpec, feat_dims: list[int], hidden: int, layers: int, depth: int):
+    def __init__(self, spec: ObservationSpec, feat_dims: list[Input], hidden: int, layers: int, depth: int):
         super().__init__()
         self.spec = spec
         self.image_keys, self.vector_keys = spec.image_keys, spec.vector_keys
@@ -125,7 +125,7 @@ class WorldModel(nn.Module):
         self.act_spec = act_spec
         self.encoder = build_encoder(obs_spec, config)
         self.rssm = build_rssm(self.encoder.out_dim, act_spec, config)
-        feat = [dims["deter"], self.rssm.latent_dim]
+        feat = self.rssm.features
         self.decoder = Decoder(obs_spec, feat, dims["hidden"], dims["layers"], dims["cnn_depth"])
         self.reward_head = MLP(feat, dims["hidden"], dims["layers"], config.model.reward_bins, zero_out=True)
         self.continue_head = MLP(feat, dims["hidden"], dims["layers"], 1)

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from learner.nets import TwoHotSymlog, reward_bins, sample_index
+from torch.nn import functional as F
+from torch.profiler import profile
+
+from learner.nets import ONEHOT_MIN_ROWS, MLP, OneHots, TwoHotSymlog, onehot_linear, reward_bins, sample_index
 from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns, symexp, symlog, twohot
 
 
@@ -112,3 +115,67 @@ def test_categorical_sampling_survives_nan_probabilities():
     skipped by the non-finite guard, the run goes on."""
     index = sample_index(torch.full((3, 5), float("nan")))
     assert ((index >= 0) & (index < 5)).all()
+
+
+def straight_through_latents(rows: int, groups: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities that require grad, and their straight-through one-hot samples [rows, groups *
+    classes] (as the RSSM makes them), with every fifth row masked to zeros (an episode start)."""
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(rows, groups, classes, generator=generator), -1).requires_grad_()
+    onehot = F.one_hot(sample_index(probs.detach()), classes).float()
+    keep = (torch.arange(rows) % 5 != 0).float()[:, None]
+    return probs, (onehot + probs - probs.detach()).flatten(-2) * keep
+
+
+@pytest.mark.parametrize("rows", [ONEHOT_MIN_ROWS - 1, 3 * ONEHOT_MIN_ROWS])
+def test_onehot_product_equals_the_dense_one_with_its_gradients(rows):
+    groups, classes, out = 8, 16, 24
+    weight = torch.randn(out, groups * classes, requires_grad=True)
+    grad_out = torch.randn(rows, out)
+    probs, x = straight_through_latents(rows, groups, classes)
+    results = []
+    for product in (lambda x: onehot_linear(x, weight, classes, torch.float32), lambda x: F.linear(x, weight)):
+        y = product(x)
+        y.backward(grad_out, retain_graph=True)
+        results.append((y.detach(), probs.grad.clone(), weight.grad.clone()))
+        probs.grad = weight.grad = None
+    (y, grad_probs, grad_weight), (dense_y, dense_probs, dense_weight) = results
+    torch.testing.assert_close(y, dense_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_probs, dense_probs, rtol=1e-5, atol=1e-5)  # straight-through: every class
+    torch.testing.assert_close(grad_weight, dense_weight, rtol=1e-5, atol=1e-5)
+    assert grad_probs[1].abs().min() > 0, "gradients reach the classes that were not drawn"
+
+
+def test_onehot_inputs_of_many_rows_are_gathered_not_multiplied():
+    mlp = MLP([8, OneHots(32, 32)], 64, 1, 5)
+    deter, stoch = torch.randn(4 * ONEHOT_MIN_ROWS, 8), straight_through_latents(4 * ONEHOT_MIN_ROWS, 32, 32)[1].detach()
+    with torch.no_grad(), profile(record_shapes=True) as prof:
+        y = mlp(deter, stoch)
+    events = prof.key_averages(group_by_input_shape=True)
+    assert sum(e.count for e in events if e.key == "aten::embedding_bag") == 1
+    widths = {shape[-1] for e in events if e.key in ("aten::mm", "aten::addmm") for shape in e.input_shapes if shape}
+    assert 32 * 32 not in widths, f"a matmul multiplied the latent: inputs {widths}"
+    dense = F.linear(deter, mlp.inputs[0].weight, mlp.inputs[0].bias) + F.linear(stoch, mlp.inputs[1].weight)
+    expected = mlp.out(F.silu(mlp.norm0(dense)))
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onehot_product_under_bf16_autocast_matches_the_dense_one():
+    torch.manual_seed(0)
+    mlp = MLP([8, OneHots(8, 16)], 32, 1, 5)
+    rows = 2 * ONEHOT_MIN_ROWS
+    probs, stoch = straight_through_latents(rows, 8, 16)
+    deter = torch.randn(rows, 8)
+    first, latent = mlp.inputs
+    results = []
+    for forward in (lambda: mlp(deter, stoch), lambda: mlp.out(F.silu(mlp.norm0(first(deter) + F.linear(stoch, latent.weight))))):
+        with torch.autocast("cpu", torch.bfloat16):
+            y = forward()
+        y.float().square().sum().backward(retain_graph=True)
+        results.append((y, probs.grad.clone(), latent.weight.grad.clone()))
+        probs.grad = latent.weight.grad = None
+    (y, grad_probs, grad_weight), (dense_y, dense_probs, dense_weight) = results
+    assert y.dtype == dense_y.dtype == torch.bfloat16 and grad_weight.dtype == torch.float32
+    torch.testing.assert_close(y.float(), dense_y.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad_weight, dense_weight, rtol=5e-2, atol=5e-2 * dense_weight.abs().max().item())
+    torch.testing.assert_close(grad_probs, dense_probs, rtol=5e-2, atol=5e-2 * dense_probs.abs().max().item())
