@@ -203,13 +203,15 @@ class TwoHotSymlog:
 
 
 def sample_index(probs: Tensor) -> Tensor:
-    """Categorical samples by an exponential race: the index of the largest p_i / E_i with E_i
-    drawn from Exp(1) wins with probability p_i (the Gumbel-max trick without its logarithms).
-    Elementwise work and one argmax, which a compiler fuses into one loop, where an inverse CDF
-    needs a cumulative sum (on a CPU, Inductor leaves that to a separate aten call per sample).
-    No error on NaN probabilities (the update is then skipped as non-finite, not crashed)."""
-    race = probs / -torch.log(torch.rand_like(probs))  # rand in [0, 1): an exponential in (0, inf]
-    return race.argmax(-1)
+    """Categorical samples by inverse CDF: one uniform number per distribution. Random numbers are
+    what sampling costs on a CPU (~3 ns each): an exponential race (argmax of p / Exp(1)) draws
+    one per class, 32x as many for the latents, and took 8 ms per imagined step of 1,024 x 32
+    categoricals against 1 ms for this (1.4 vs 6.9 ms compiled, whose cumulative sum is a
+    separate aten call). A class of probability zero is never drawn (u < cdf[-1]); no error on
+    NaN probabilities (the update is then skipped as non-finite, not crashed)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+    return (cdf <= u).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def window_length(total: int, most: int | None) -> int:

@@ -97,17 +97,17 @@ def test_replay_returns_use_real_rewards_and_stop_at_episode_ends():
 
 
 def test_categorical_samples_follow_their_probabilities():
-    """200k draws from each of two distributions (one with a zero): every frequency within 5
-    standard errors of its probability, a zero-probability class never drawn."""
+    """200k draws from each of three distributions (two with a zero, first and last): every
+    frequency within 5 standard errors of its probability, a zero-probability class never drawn."""
     torch.manual_seed(0)
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.0, 0.7, 0.1, 0.2]])
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.0, 0.7, 0.1, 0.2], [0.25, 0.25, 0.5, 0.0]])
     draws = 200_000
-    index = sample_index(probs.expand(draws, 2, 4))
-    assert index.shape == (draws, 2) and index.dtype == torch.int64
+    index = sample_index(probs.expand(draws, 3, 4))
+    assert index.shape == (draws, 3) and index.dtype == torch.int64
     freq = torch.nn.functional.one_hot(index, 4).float().mean(0)
     stderr = (probs * (1 - probs) / draws).sqrt()
     assert ((freq - probs).abs() <= 5 * stderr + 1e-9).all(), freq
-    assert freq[1, 0] == 0.0
+    assert freq[1, 0] == 0.0 and freq[2, 3] == 0.0
 
 
 def test_categorical_sampling_survives_nan_probabilities():
