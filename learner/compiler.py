@@ -41,8 +41,9 @@ def plan_compile(setting: str, device: torch.device, deter: int, images: bool) -
     """Resolve `agent.compile`. `auto` follows what measured faster (bench/README.md): on CUDA
     everything (the update is launch-bound there); on a CPU the policy step (1.2x for the S image
     policy, 2x for CartPole's, whose collection went from 1,958 to 3,457 steps/s) and the train
-    step of vector-observation models (1.1-1.4x at XS). An image model's CPU update is bound by
-    its convolutions and matrix multiplies: compiled it measured 1.01x in fp32 and 0.82x in bf16."""
+    step of vector-observation models (XS: 1.24x in fp32, 1.60x in bf16). An image model's CPU
+    update is bound by its convolutions and matrix multiplies: compiled, S measured 1.05x in fp32
+    and 1.09x in bf16, for 90-150 s of compiling, which a short run does not earn back."""
     if setting not in COMPILE_MODES:
         raise ValueError(f"agent.compile must be auto, on or off, not {setting!r}")
     if setting != "auto":
