@@ -11,7 +11,6 @@ another rank will never join.
 from __future__ import annotations
 
 import math
-import socket
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -64,23 +63,29 @@ class GroupShape:
         )
 
 
-def free_address(host: str) -> str:
-    """host:port with a port that is free on this node now, for the group's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return f"{host}:{sock.getsockname()[1]}"
+class Rendezvous:
+    """Where the group meets: a TCP key-value store listening on a port the kernel picked when it
+    was opened. (Probing for a free port and listening on it later leaves a window in which another
+    process can take the port; then rank 0 cannot listen and the others may talk to a stranger.)
+    Whoever opens it keeps it while the group lives: every rank, that one's included, connects
+    to `address` as a client."""
+
+    def __init__(self, host: str, timeout_s: float = GROUP_TIMEOUT_S):
+        self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
+        self.address = f"{host}:{self._store.port}"
 
 
 class ProcessGroup:
     """This process's membership of the learner group."""
 
     def __init__(self, address: str, rank: int, world_size: int, device: torch.device, timeout_s: float = GROUP_TIMEOUT_S):
-        """Join (blocks until all `world_size` ranks joined at `address`, the rendezvous rank 0
-        listens on)."""
+        """Join (blocks until all `world_size` ranks joined at `address`, a `Rendezvous`'s)."""
         self.rank, self.world_size = rank, world_size
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=timeout_s)
-        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world_size, timeout=timeout)
+        host, port = address.rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         # decisions taken on the host (does everyone have a batch?) travel over gloo: no device sync
         self._control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
 

@@ -21,7 +21,7 @@ import torch
 
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig
-from learner.distributed import ProcessGroup, free_address
+from learner.distributed import ProcessGroup, Rendezvous
 from learner.openloop import openloop_frames
 from learner.spaces import ActionSpec, ObservationSpec
 
@@ -81,14 +81,15 @@ class Learner:
         self._priority_counts = {"sent": 0, "errors": 0, "dropped": 0}  # of senders that ended
         self.rank, self.world_size = rank, world_size
         self.group: ProcessGroup | None = None  # once joined, with world_size > 1
+        self._rendezvous: Rendezvous | None = None  # rank 0's, where the group met
         if self.agent.updates > 0:  # resumed: runners act with the restored policy at once
             self._publish()
 
     def rendezvous_address(self, loopback: bool) -> str:
-        """Where the group meets (rank 0 asks): a free port on this node, on 127.0.0.1 when every
-        rank runs on this node, else on the node's address (cluster-internal, as Ray's own ports)."""
-        host = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
-        return free_address(host)
+        """Where the group meets (rank 0 opens and keeps it): a port on 127.0.0.1 when every rank
+        runs on this node, else on the node's address (cluster-internal, as Ray's own ports)."""
+        self._rendezvous = Rendezvous("127.0.0.1" if loopback else ray.util.get_node_ip_address())
+        return self._rendezvous.address
 
     def join(self, address: str, timeout_s: float) -> None:
         """Become rank `rank` of the learner group at `address`; returns once all ranks joined and

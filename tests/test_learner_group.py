@@ -1,7 +1,9 @@
 """Data-parallel learners: the same step as one learner, the scaling rules, agreement to stop."""
 from __future__ import annotations
 
+import faulthandler
 import math
+import traceback
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch.multiprocessing as mp
 
 from learner.agent import Agent
 from learner.config import AgentConfig, HarmonyConfig, ModelConfig
-from learner.distributed import GroupShape, ProcessGroup, free_address
+from learner.distributed import GroupShape, ProcessGroup, Rendezvous
 from learner.spaces import ActionSpec, ObservationSpec
 from test_agent import make_batch
 
@@ -35,21 +37,27 @@ def whole_batch() -> dict[str, np.ndarray]:
 
 
 def rank_step(rank: int, address: str, results: mp.Queue) -> None:
-    """One rank: join the group, train one update on its half of the batch, report its weights."""
-    torch.set_num_threads(1)
-    group = ProcessGroup(address, rank, 2, torch.device("cpu"), timeout_s=120)
-    agent = new_agent()
-    torch.manual_seed(100 + rank)  # ranks start apart: DDP copies rank 0's weights to both
-    for p in agent.world_model.parameters():
-        p.data.add_(torch.randn_like(p) * rank)
-    agent.distribute()
-    half = {k: v[rank * BATCH // 2:(rank + 1) * BATCH // 2] for k, v in whole_batch().items()}
-    agent.train_step(half)
-    agreed = [group.all_agree(True), group.all_agree(rank == 0)]
-    state = agent.state_dict()
-    weights = {**state["world_model"], **{f"ac.{k}": v for k, v in state["actor_critic"].items()}}
-    results.put((rank, {k: v.numpy().copy() for k, v in weights.items()}, agreed))  # arrays: no shared memory to outlive
-    group.close()
+    """One rank: join the group, train one update on its half of the batch, report its weights
+    (or its error; a rank still busy after 150 s prints where it is, into the test's output)."""
+    faulthandler.dump_traceback_later(150, exit=False)
+    try:
+        torch.set_num_threads(1)
+        group = ProcessGroup(address, rank, 2, torch.device("cpu"), timeout_s=120)
+        agent = new_agent()
+        torch.manual_seed(100 + rank)  # ranks start apart: DDP copies rank 0's weights to both
+        for p in agent.world_model.parameters():
+            p.data.add_(torch.randn_like(p) * rank)
+        agent.distribute()
+        half = {k: v[rank * BATCH // 2:(rank + 1) * BATCH // 2] for k, v in whole_batch().items()}
+        agent.train_step(half)
+        agreed = [group.all_agree(True), group.all_agree(rank == 0)]
+        state = agent.state_dict()
+        weights = {**state["world_model"], **{f"ac.{k}": v for k, v in state["actor_critic"].items()}}
+        group.close()
+        results.put((rank, {k: v.numpy().copy() for k, v in weights.items()}, agreed))  # arrays: no shared memory to outlive
+    except BaseException:
+        results.put((rank, None, traceback.format_exc()))
+        raise
 
 
 def test_two_learners_on_halves_of_a_batch_step_like_one_learner_on_all_of_it() -> None:
@@ -60,12 +68,16 @@ def test_two_learners_on_halves_of_a_batch_step_like_one_learner_on_all_of_it() 
 
     context = mp.get_context("spawn")
     results = context.Queue()
-    address = free_address("127.0.0.1")
-    ranks = [context.Process(target=rank_step, args=(r, address, results)) for r in range(2)]
+    rendezvous = Rendezvous("127.0.0.1", timeout_s=120)
+    ranks = [context.Process(target=rank_step, args=(r, rendezvous.address, results)) for r in range(2)]
     for process in ranks:
         process.start()
+    got: dict[int, tuple[dict[str, np.ndarray], list[bool]]] = {}
     try:
-        got = dict((rank, (state, agreed)) for rank, state, agreed in (results.get(timeout=180) for _ in ranks))
+        for _ in ranks:
+            rank, state, agreed = results.get(timeout=180)
+            assert state is not None, f"rank {rank} failed:\n{agreed}"  # its traceback
+            got[rank] = (state, agreed)
     finally:
         for process in ranks:
             process.join(timeout=60)
