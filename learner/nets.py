@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from learner.channel_norm import ChannelNorm
 from learner.numerics import symexp, symlog, twohot
 
 
@@ -122,17 +123,6 @@ class OneHotMatmul(torch.autograd.Function):
         grad_x = (grad @ weight.to(ctx.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (grad.t() @ x.to(ctx.dtype)).to(weight.dtype) if ctx.needs_input_grad[1] else None
         return grad_x, grad_weight, None, None
-
-
-class ChannelNorm(nn.Module):
-    """LayerNorm over the channels of an NCHW tensor (free of copies in channels-last memory)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels, eps=1e-3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def _stages(resolution: int, depth: int) -> list[int]:

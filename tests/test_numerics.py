@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import profile
 
+from learner.channel_norm import ChannelNorm, channel_layer_norm
 from learner.nets import ONEHOT_MIN_ROWS, MLP, OneHots, TwoHotSymlog, onehot_linear, reward_bins, sample_index
 from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns, symexp, symlog, twohot
 
@@ -179,3 +180,46 @@ def test_onehot_product_under_bf16_autocast_matches_the_dense_one():
     torch.testing.assert_close(y.float(), dense_y.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(grad_weight, dense_weight, rtol=5e-2, atol=5e-2 * dense_weight.abs().max().item())
     torch.testing.assert_close(grad_probs, dense_probs, rtol=5e-2, atol=5e-2 * dense_probs.abs().max().item())
+
+
+def channel_maps(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    torch.manual_seed(0)
+    return (3 * torch.randn(4, 8, 6, 5) + 1).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_norm_is_layer_norm_over_the_channels_with_its_gradients(dtype):
+    norm = ChannelNorm(8)
+    with torch.no_grad():
+        norm.norm.weight.uniform_(0.5, 1.5)
+        norm.norm.bias.uniform_(-0.5, 0.5)
+    results = []
+    for forward in (norm, lambda x: F.layer_norm(x.permute(0, 2, 3, 1), (8,), norm.norm.weight, norm.norm.bias, 1e-3).permute(0, 3, 1, 2)):
+        x = channel_maps(dtype)
+        y = forward(x)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y, x.grad, norm.norm.weight.grad.clone(), norm.norm.bias.grad.clone()))
+        norm.zero_grad()
+    (y, *grads), (expected, *expected_grads) = results
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y.float().mean(1).abs().max() < 0.6) and y.float().std(1).mean() > 0.5, "normalised over the channels"
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_channel_norm_operator_passes_torchs_checks_and_stays_one_call_when_compiled():
+    norm = ChannelNorm(8)
+    x = channel_maps()
+    torch.library.opcheck(channel_layer_norm, (x, norm.norm.weight, norm.norm.bias, 1e-3))
+    compiled = torch.compile(lambda x: F.silu(norm(x)).square().sum())
+    with profile() as prof:
+        loss = compiled(x)
+        loss.backward()
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("aten::native_layer_norm") == 1 and calls.get("aten::native_layer_norm_backward") == 1, "aten's kernels, not Inductor's"
+    eager_grad = x.grad.clone()
+    x.grad = None
+    torch.testing.assert_close(loss, F.silu(norm(x)).square().sum())
+    F.silu(norm(x)).square().sum().backward()
+    torch.testing.assert_close(eager_grad, x.grad)
