@@ -44,7 +44,7 @@ class AgentPolicy:
         """Rows for a batch of n envs. A compiled policy step has one program per batch size, so
         batches are padded (repeating the first env) to the next power of two, at most the
         collector's size: log2(envs) + 1 programs instead of one per size. Eager needs no padding."""
-        if not self.agent.compile_plan.act:
+        if not self.agent.compile_plan.on:
             return np.arange(n)
         size = min(1 << (n - 1).bit_length(), max(n, self.num_envs or n))
         return np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])

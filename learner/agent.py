@@ -67,7 +67,7 @@ class Agent:
         # The hot training functions, eager (the reference) or compiled: same code, same results.
         self.compile_seconds: float | None = None  # the first update's time, compiling included
         self._clip_gradients: Callable[[list[Tensor], float], Tensor] = torch.nn.utils.clip_grad_norm_
-        if self.compile_plan.train:
+        if self.compile_plan.on:
             use_cache_dir(config.compile_cache)
             self._compile_training()
 
@@ -100,7 +100,7 @@ class Agent:
         per-sequence replay priorities are left, also on the device, in `last_priorities`.
         """
         started = time.perf_counter()
-        new_cuda_graph_step(self.compile_plan.train, self.device)
+        new_cuda_graph_step(self.compile_plan.on, self.device)
         data = self._to_device(batch)
         with self._autocast():
             wm_loss, metrics, posterior, priorities = self._world_model_loss(data)
@@ -131,7 +131,7 @@ class Agent:
             **metrics, **ac_metrics, "world_model/grad_norm": wm_norm, "actor/grad_norm": actor_norm,
             "critic/grad_norm": critic_norm, "train/nonfinite": bad,
         }
-        if self.compile_plan.train and self.compile_seconds is None:
+        if self.compile_plan.on and self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - started
         # One copy of all metrics: compiled programs (CUDA graphs) reuse their output memory.
         with torch.no_grad():

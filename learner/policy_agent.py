@@ -89,10 +89,10 @@ class PolicyAgent:
         self.nets = (nets or PolicyNets.build(obs_spec, act_spec, config)).to(self.device)
         deter = self.nets.rssm.deter
         self.precision = choose_precision(config.precision, self.device, deter)
-        self.compile_plan = plan_compile(config.compile, self.device, deter, bool(obs_spec.image_keys))
+        self.compile_plan = plan_compile(config.compile, self.device, deter)
         self.updates = 0  # the version of the weights acted with (the updates that made them)
         self._act: Any = self._eager_act  # eager (the reference) or compiled: same code, same results
-        if self.compile_plan.act:
+        if self.compile_plan.on:
             use_cache_dir(config.compile_cache)
             self._act = compile_fn(self._eager_act, self.device)
 
@@ -111,9 +111,9 @@ class PolicyAgent:
         state = state or self.initial_state(len(is_first))
         obs_t = model_observations({k: torch.as_tensor(obs[k]) for k in self.obs_spec.shapes}, self.obs_spec, self.device)
         keep = torch.as_tensor(~np.asarray(is_first, bool), device=self.device).float().unsqueeze(-1)
-        new_cuda_graph_step(self.compile_plan.act, self.device)
+        new_cuda_graph_step(self.compile_plan.on, self.device)
         env_action, deter, stoch, action = self._act(obs_t, state.deter, state.stoch, state.action, keep, greedy)
-        if self.compile_plan.act and self.device.type == "cuda":  # CUDA graphs reuse their outputs' memory
+        if self.compile_plan.on and self.device.type == "cuda":  # CUDA graphs reuse their outputs' memory
             deter, stoch, action = deter.clone(), stoch.clone(), action.clone()
         return env_action.cpu().numpy(), PolicyState(deter, stoch, action)
 

@@ -192,7 +192,7 @@ def test_agent_policy_keeps_each_envs_state_when_acting_for_a_subset(compiled, m
 
     monkeypatch.setattr(agent, "policy_step", counting_step)
     if compiled:
-        monkeypatch.setattr(agent, "compile_plan", type(agent.compile_plan)(train=False, act=True, reason="test"))
+        monkeypatch.setattr(agent, "compile_plan", type(agent.compile_plan)(on=True, reason="test"))
     policy = AgentPolicy(agent, num_envs=5)
     rng = np.random.default_rng(0)
     obs = {"vector": rng.normal(size=(5, 5)).astype(np.float32)}

@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
 
 def test_compiled_updates_match_eager_losses(trained):
     (eager_agent, eager), (compiled_agent, compiled) = trained["off"], trained["on"]
-    assert compiled_agent.compile_plan.train and compiled_agent.compile_seconds is not None
+    assert compiled_agent.compile_plan.on and compiled_agent.compile_seconds is not None
     for step, (a, b) in enumerate(zip(eager, compiled)):
         assert a.keys() == b.keys()
         for key in ("world_model/loss", "loss/vector", "loss/reward", "loss/continue", "loss/dyn", "actor/loss", "critic/loss"):
@@ -93,27 +93,25 @@ def test_compiled_policy_step_matches_eager(tmp_path):
 
 def test_auto_compiles_what_measured_faster():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    on_cuda = plan_compile("auto", cuda, deter=512, images=True)
-    assert on_cuda.train and on_cuda.act
-    vector_cpu = plan_compile("auto", cpu, deter=256, images=False)
-    assert vector_cpu.train and vector_cpu.act
-    image_cpu = plan_compile("auto", cpu, deter=512, images=True)
-    assert image_cpu.act and not image_cpu.train, "an image model's CPU update is conv-bound"
-    tiny = plan_compile("auto", cpu, deter=32, images=False)
-    assert not tiny.train and not tiny.act, "test-sized models never pay back a compile"
-    forced = plan_compile("on", cpu, deter=32, images=True)
-    assert forced.train and forced.act and not plan_compile("off", cuda, 4096, False).train
-    assert "policy step" in forced.describe()
+    on_cuda = plan_compile("auto", cuda, deter=512)
+    assert on_cuda.on
+    on_cpu = plan_compile("auto", cpu, deter=256)
+    assert on_cpu.on
+    tiny = plan_compile("auto", cpu, deter=32)
+    assert not tiny.on, "test-sized models never pay back a compile"
+    forced = plan_compile("on", cpu, deter=32)
+    assert forced.on and not plan_compile("off", cuda, 4096).on
+    assert forced.describe() == "compiled (set in the config)"
     with pytest.raises(ValueError, match="agent.compile must be auto, on or off"):
-        plan_compile("yes", cpu, 512, False)
+        plan_compile("yes", cpu, 512)
 
 
 def test_auto_stays_eager_on_a_cpu_without_a_cxx_compiler(monkeypatch):
     monkeypatch.setattr("learner.compiler.CXX", "no-such-compiler-here")
-    plan = plan_compile("auto", torch.device("cpu"), deter=512, images=False)
-    assert not plan.train and not plan.act and "no C++ compiler" in plan.reason
-    assert not plan_compile("auto", torch.device("cuda"), deter=512, images=False).train
-    assert plan_compile("on", torch.device("cpu"), deter=512, images=False).train, "on is obeyed"
+    plan = plan_compile("auto", torch.device("cpu"), deter=512)
+    assert not plan.on and "no C++ compiler" in plan.reason
+    assert not plan_compile("auto", torch.device("cuda"), deter=512).on
+    assert plan_compile("on", torch.device("cpu"), deter=512).on, "on is obeyed"
 
 
 def test_cpu_matmul_biases_are_added_in_inductors_loops(tmp_path, monkeypatch):
