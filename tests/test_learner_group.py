@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import faulthandler
 import math
+import os
+import queue
+import time
 import traceback
 from dataclasses import replace
 
@@ -38,7 +41,10 @@ def whole_batch() -> dict[str, np.ndarray]:
 
 def rank_step(rank: int, address: str, results: mp.Queue) -> None:
     """One rank: join the group, train one update on its half of the batch, report its weights
-    (or its error; a rank still busy after 150 s prints where it is, into the test's output)."""
+    (or its error), then exit at once: the group's teardown is not under test, and a rank that
+    hangs or crashes in it must not lose the result. A fatal signal prints the rank's stack, and
+    so does a rank still busy after 150 s, into the test's output."""
+    faulthandler.enable()
     faulthandler.dump_traceback_later(150, exit=False)
     try:
         torch.set_num_threads(1)
@@ -53,11 +59,12 @@ def rank_step(rank: int, address: str, results: mp.Queue) -> None:
         agreed = [group.all_agree(True), group.all_agree(rank == 0)]
         state = agent.state_dict()
         weights = {**state["world_model"], **{f"ac.{k}": v for k, v in state["actor_critic"].items()}}
-        group.close()
         results.put((rank, {k: v.numpy().copy() for k, v in weights.items()}, agreed))  # arrays: no shared memory to outlive
     except BaseException:
         results.put((rank, None, traceback.format_exc()))
-        raise
+    results.close()
+    results.join_thread()  # what was put is in the pipe
+    os._exit(0)
 
 
 def test_two_learners_on_halves_of_a_batch_step_like_one_learner_on_all_of_it() -> None:
@@ -73,9 +80,16 @@ def test_two_learners_on_halves_of_a_batch_step_like_one_learner_on_all_of_it() 
     for process in ranks:
         process.start()
     got: dict[int, tuple[dict[str, np.ndarray], list[bool]]] = {}
+    deadline = time.monotonic() + 180
     try:
-        for _ in ranks:
-            rank, state, agreed = results.get(timeout=180)
+        while len(got) < len(ranks):
+            exited = [r for r, p in enumerate(ranks) if r not in got and p.exitcode is not None]
+            try:  # what an exited rank sent is in the queue by now
+                rank, state, agreed = results.get(timeout=5 if exited else 1)
+            except queue.Empty:
+                assert not exited, f"rank {exited[0]} exited ({ranks[exited[0]].exitcode}) without a result: see its output"
+                assert time.monotonic() < deadline, f"no result from ranks {sorted(set(range(2)) - set(got))} in 180 s"
+                continue
             assert state is not None, f"rank {rank} failed:\n{agreed}"  # its traceback
             got[rank] = (state, agreed)
     finally:
@@ -83,7 +97,6 @@ def test_two_learners_on_halves_of_a_batch_step_like_one_learner_on_all_of_it() 
             process.join(timeout=60)
             if process.is_alive():
                 process.kill()
-    assert all(p.exitcode == 0 for p in ranks)
     for rank in (0, 1):
         state, agreed = got[rank]
         assert agreed == [True, False], "all_agree is an AND over the ranks"
