@@ -119,7 +119,9 @@ def test_service_keeps_sampling_and_inserting_through_a_shard_restart(ray_local,
         check_sequences(service.sample(16, 10), 10)
     runner.insert(rounds=3)  # inserts for streams on the restarting shard retry until acknowledged
     wait_for_restart(ray_local, victim, old_pid)
-    assert sorted(service.ids()) == sorted(runner.acked) and len(runner.acked) == 24
+    # at least once, as `insert_many` promises: a store call that timed out around the restart may
+    # have landed before its retry went to the other shard (seen in CI: one chunk on both)
+    assert set(service.ids()) == set(runner.acked) and len(runner.acked) == 24
     assert service.stats()["shards_up"] == 2
 
 
