@@ -84,3 +84,14 @@ def test_the_tests_run_beside_the_ray_tests_start_neither_ray_nor_a_run() -> Non
     for name in WITHOUT_RAY:
         found = [m for m in imports_of(ROOT / "tests" / name) if any(m == s or m.startswith(s + ".") for s in starts_ray)]
         assert not found, f"tests/{name} imports {found}: move it out of WITHOUT_RAY in tests/conftest.py"
+
+
+def test_make_test_keeps_the_ray_tests_on_one_worker(request: pytest.FixtureRequest) -> None:
+    """`make test` (`--dist loadgroup`) relies on pytest-xdist reading conftest's groups: when it
+    cannot (pytest 9.2 with pytest-xdist 3.8 drops the group from the node id), the Ray tests
+    spread over both workers, each starting its own Ray cluster on the same 2 cores."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("runs under make test's `--dist loadgroup` workers")
+    assert request.node.nodeid.endswith("@local"), (
+        f"pytest-xdist ignored the test groups ({request.node.nodeid}): install the pytest pyproject.toml pins"
+    )
