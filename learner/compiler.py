@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from learner.config import MIN_CPU_SPEEDUP_DETER
 
@@ -68,37 +67,15 @@ def use_cache_dir(folder: str) -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
-class UnfuseBiasAdd(CustomGraphPass):
-    """Rewrite `addmm(bias, x, w)` as `mm(x, w) + bias` so that Inductor fuses the bias into the
-    fused loop that follows (a LayerNorm, an activation) instead of handing it to the BLAS call.
-
-    Inductor does this itself only on GPUs. On a CPU, aten's `addmm` first copies the bias,
-    expanded to the output's shape, into the output and then multiplies into it: one more pass
-    over memory and a few more dispatched operators per matmul, hundreds per update."""
-
-    def __call__(self, graph: torch.fx.Graph) -> None:
-        aten = torch.ops.aten
-        for node in graph.find_nodes(op="call_function", target=aten.addmm.default):
-            if len(node.args) != 3 or node.kwargs:  # alpha or beta set: leave it
-                continue
-            bias, x, w = node.args
-            with graph.inserting_before(node):
-                product = graph.call_function(aten.mm.default, (x, w))
-                product.meta["val"] = aten.mm.default(x.meta["val"], w.meta["val"])
-                total = graph.call_function(aten.add.Tensor, (product, bias))
-                total.meta["val"] = aten.add.Tensor(product.meta["val"], bias.meta["val"])
-            node.replace_all_uses_with(total)
-            graph.erase_node(node)
-
-    def uuid(self) -> bytes:
-        return get_hash_for_files((__file__,))
-
-
 def compile_options(device: torch.device) -> dict[str, Any]:
     """Fixed shapes (batches never change size); on CUDA each program is captured once and
     replayed as a CUDA graph, on a CPU matmul biases are fused into Inductor's loops."""
     if device.type == "cuda":
         return {"mode": "reduce-overhead", "dynamic": False}
+    # Imported here, not at the top: Inductor's modules take ~1.7 s of CPU to import, which every
+    # runner, shard and learner process would pay at start-up even when nothing is compiled.
+    from learner.bias_pass import UnfuseBiasAdd
+
     return {"dynamic": False, "options": {"post_grad_custom_post_pass": UnfuseBiasAdd()}}
 
 

@@ -75,6 +75,18 @@ def test_the_model_and_the_train_step_benchmark_import_with_torch_and_numpy_alon
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_the_actor_processes_start_without_importing_the_compiler() -> None:
+    """Every runner, shard and learner is a process of its own: importing Inductor and Dynamo
+    (~1.7 s of CPU) belongs to the first compile, not to each process's start."""
+    code = (
+        "import sys\n"
+        "import actors.runner, actors.evaluator, learner.learner_actor, replay.shard, system.driver\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo')))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
 def test_the_tests_run_beside_the_ray_tests_start_neither_ray_nor_a_run() -> None:
     """`make test` runs the modules of conftest.WITHOUT_RAY in a second xdist worker, next to the
     Ray tests: a Ray cluster or a run started there would double the load the Ray tests see."""
