@@ -60,6 +60,12 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     assert allowed("actors", "learner.policy_agent") and allowed("actors", "replay.chunk")
 
 
+def run_fresh_python(code: str) -> None:
+    """Run `code` in a new interpreter in the project root (nothing imported yet): it must exit 0."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_model_and_the_train_step_benchmark_import_with_torch_and_numpy_alone() -> None:
     """bench/gpu.sh runs bench/train_step.py on GPU machines that have torch and numpy only."""
     code = (
@@ -71,8 +77,7 @@ def test_the_model_and_the_train_step_benchmark_import_with_torch_and_numpy_alon
         "sys.meta_path.insert(0, Block())\n"
         "import learner.agent, learner.distributed, learner.policy_agent, bench.train_step\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_fresh_python(code)
 
 
 def test_the_actor_processes_start_without_importing_the_compiler() -> None:
@@ -84,8 +89,8 @@ def test_the_actor_processes_start_without_importing_the_compiler() -> None:
         "loaded = sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo')))\n"
         "assert not loaded, loaded[:5]\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_fresh_python(code)
+
 
 def test_the_tests_run_beside_the_ray_tests_start_neither_ray_nor_a_run() -> None:
     """`make test` runs the modules of conftest.WITHOUT_RAY in a second xdist worker, next to the
