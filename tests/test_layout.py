@@ -110,5 +110,5 @@ def test_make_test_keeps_the_ray_tests_on_one_worker(request: pytest.FixtureRequ
     if not getattr(request.config.option, "loadgroup", False):
         pytest.skip("runs under make test's `--dist loadgroup` workers")
     assert request.node.nodeid.endswith("@local"), (
-        f"pytest-xdist ignored the test groups ({request.node.nodeid}): install the pytest pyproject.toml pins"
+        f"pytest-xdist ignored the test groups ({request.node.nodeid}): install the pytest that pyproject.toml pins (pip install -e '.[dev]')"
     )
