@@ -3,8 +3,8 @@
 The learner calls `train_step` (CUDA when present) and publishes `policy_weights`; runners act
 with a `PolicyAgent` (learner/policy_agent.py), which loads them. This agent acts through a
 `PolicyAgent` over its own encoder, RSSM and actor, so what it publishes is exactly that agent's
-state: plain dicts of CPU tensors stamped with a version (the number of updates that made them),
-so they travel through Ray's object store and let everyone measure staleness.
+state: plain dicts of NumPy arrays stamped with a version (the number of updates that made them),
+which Ray's object store passes on without a copy, the version letting everyone measure staleness.
 """
 from __future__ import annotations
 

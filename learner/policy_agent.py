@@ -5,12 +5,17 @@ training agent to act also allocated the decoder, the reward and continue heads,
 slow copy (and brought two optimisers along) in every runner: `python -m bench.broadcast` measures
 the difference. The training `Agent` holds a `PolicyAgent` over its own modules and acts through
 it, so there is one acting code path, and its published weights are by construction the state this
-class loads: `{"version": updates, "state": {name: CPU tensor}}`, plain enough for Ray's object
-store, the version letting everyone measure staleness.
+class loads: `{"version": updates, "state": {name: NumPy array}}`, the version letting everyone
+measure staleness. NumPy, not torch tensors: Ray's object store writes arrays as raw buffers and
+hands them to readers without a copy, while a tensor goes through torch's pickler, one
+`torch.load` per tensor. Measured on 2 cores: a put of the test-sized policy 13.9 -> 1.7 ms and
+a get 3.9 -> 0.2 ms, S's 88 -> 9.5 ms and 33 -> 1.7 ms; before, runners of the tests' tiny runs
+spent half of their CPU unpickling weights.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,16 +123,17 @@ class PolicyAgent:
         return env_action.cpu().numpy(), PolicyState(deter, stoch, action)
 
     def policy_weights(self) -> dict[str, Any]:
-        """{"version": updates, "state": {name: CPU tensor}}: copies, safe to publish while acting
-        or training goes on."""
-        state = {k: v.to("cpu", copy=True) for k, v in self.nets.state_dict().items()}
+        """{"version": updates, "state": {name: NumPy array}}: copies, safe to publish while
+        acting or training goes on (a dtype NumPy lacks, bfloat16, stays a CPU tensor)."""
+        state = {k: _host_array(v) for k, v in self.nets.state_dict().items()}
         return {"version": self.updates, "state": state}
 
     def load_policy_weights(self, weights: dict[str, Any]) -> None:
         """Copy published weights in place (compiled programs and CUDA graphs keep pointing at
         them). Checked before anything is copied: a missing, unknown or misshapen tensor (weights
         of another model size or environment) raises, and the policy is never half-loaded."""
-        own, state, version = self.nets.state_dict(), weights["state"], int(weights["version"])
+        own, version = self.nets.state_dict(), int(weights["version"])
+        state = {k: _as_tensor(v) for k, v in weights["state"].items()}
         missing, unknown = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         misshapen = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
         if missing or unknown or misshapen:
@@ -154,3 +160,19 @@ class PolicyAgent:
         if not self.precision.bf16 or self.device.type == "cpu":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+
+def _host_array(value: Tensor) -> np.ndarray | Tensor:
+    """A host copy of a weight, as a NumPy array where NumPy has its dtype."""
+    host = value.detach().to("cpu", copy=True)
+    return host if host.dtype == torch.bfloat16 else host.numpy()
+
+
+def _as_tensor(value: np.ndarray | Tensor) -> Tensor:
+    """A published weight as a tensor sharing its memory. Arrays from Ray's object store are
+    read-only, which torch warns about; loading only reads them (it copies into the parameters)."""
+    if isinstance(value, Tensor):
+        return value
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(value))

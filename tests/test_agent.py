@@ -273,7 +273,7 @@ def test_policy_weights_travel_with_version():
     assert weights["version"] == 3
     assert weights["state"].keys() == runner.policy.nets.state_dict().keys()
     assert all(k.startswith(("encoder.", "rssm.", "actor.")) for k in weights["state"])
-    assert all(v.device.type == "cpu" for v in weights["state"].values())
+    assert all(isinstance(v, np.ndarray) for v in weights["state"].values()), "host arrays: Ray's store passes them without unpickling"
     runner.load_policy_weights(weights)
     obs = {k: batch[k][:, 0] for k in learner.obs_spec.shapes}
     torch.manual_seed(1)

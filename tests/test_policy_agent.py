@@ -1,6 +1,7 @@
 """The policy-only agent runners act with: only the acting networks, loads exactly what the learner
 publishes, and then acts as the training agent does."""
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -65,6 +66,25 @@ def test_loads_published_weights_and_acts_like_the_training_agent(action):
             assert torch.equal(getattr(states["learner"], part), getattr(states["runner"], part)), f"step {step}: {part}"
 
 
+def test_published_weights_cross_rays_object_store_without_a_copy(ray_local):
+    """What a runner gets from the learner's `ray.put`: views of the store's shared memory (no
+    unpickling per tensor), which load without a warning and act as the learner does. The
+    published copy does not follow later training."""
+    learner = trained_agent("discrete")
+    weights = learner.policy_weights()
+    held = {k: v.copy() for k, v in weights["state"].items()}
+    received = ray_local.get(ray_local.put(weights), timeout=60)
+    assert all(isinstance(v, np.ndarray) and not v.flags.writeable for v in received["state"].values()), "zero-copy reads"
+    runner = PolicyAgent(OBS, ACTIONS["discrete"], config(), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner.load_policy_weights(received)
+    for name, value in runner.nets.state_dict().items():
+        torch.testing.assert_close(value, learner.policy.nets.state_dict()[name], rtol=0, atol=0)
+    learner.train_step(make_batch(learner, batch=2, length=6))
+    assert all(np.array_equal(weights["state"][k], v) for k, v in held.items()), "a publish is a copy"
+
+
 def test_wrong_weights_fail_loudly_and_load_nothing():
     policy = PolicyAgent(OBS, ACTIONS["discrete"], config(), device="cpu")
     before = policy.policy_weights()
@@ -82,4 +102,4 @@ def test_wrong_weights_fail_loudly_and_load_nothing():
     with pytest.raises(KeyError):
         policy.load_policy_weights({"state": good["state"]})
     after = policy.policy_weights()
-    assert after["version"] == 0 and all(torch.equal(after["state"][k], v) for k, v in before["state"].items())
+    assert after["version"] == 0 and all(np.array_equal(after["state"][k], v) for k, v in before["state"].items())
