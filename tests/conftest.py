@@ -5,9 +5,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# One torch thread in the test processes. `make test` runs two workers on 2 cores, and the Ray
+# tests' actors beside them: a second OpenMP thread finds the other core busy and spins at every
+# barrier. Measured with one core kept busy: the learner and agent tests took 49 s of CPU with two
+# threads against 37 s with one, and longer (43 against 35 s). Tests use tiny models; Ray's actors
+# set their own counts (Ray's OMP_NUM_THREADS, `learner.threads`).
+torch.set_num_threads(1)
 
 
 TESTS = str(Path(__file__).resolve().parent)
