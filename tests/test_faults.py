@@ -146,7 +146,7 @@ def test_nonfinite_skips_are_counted_exactly_between_reads():
 
 
 def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path):
-    config = tiny_config("run.steps=1600", "train.train_ratio=4", "runners.max_restarts=2", "run.eval_episodes=0")
+    config = tiny_config("run.steps=1600", "runners.max_restarts=2", "run.eval_episodes=0")
     logdir = make_logdir(config, str(tmp_path / "run"))
     run = Run(config, logdir, resume=False, progress=False)
     acknowledged: set[str] = set()
@@ -210,7 +210,7 @@ def test_runner_keeps_unacknowledged_chunks_through_a_replay_outage(ray_local, t
 
 def test_crash_looping_runner_is_backed_off_then_given_up_while_others_go_on(ray_local, tmp_path, capfd):
     """Runner 1's env fails at every reset; runner 0's env hangs once mid-episode."""
-    config = tiny_config("env.name=gym:fault_envs:RunnerOneFails-v0", "run.steps=600", "train.train_ratio=4", "run.eval_episodes=0",
+    config = tiny_config("env.name=gym:fault_envs:RunnerOneFails-v0", "run.steps=600", "run.eval_episodes=0",
                          "runners.step_timeout=2", "runners.max_failures=3", "runners.restart_delay=0.5")
     logdir = make_logdir(config, str(tmp_path / "run"))
     run = Run(config, logdir, resume=False, progress=False)

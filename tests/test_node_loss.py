@@ -34,7 +34,7 @@ def when_back(call: Callable[[], T], ready: Callable[[T], bool] = lambda _: True
 def test_runners_and_shards_of_a_lost_node_come_back_on_the_others(ray_multinode, tmp_path):
     cluster, workers = ray_multinode
     config = tiny_config(
-        "run.steps=1200", "train.train_ratio=4", "runners.count=2", "runners.resources={collector: 0.4}", "runners.restart_delay=0.5",
+        "run.steps=1200", "runners.count=2", "runners.resources={collector: 0.4}", "runners.restart_delay=0.5",
         "learner.resources={head: 1}", "learner.num_cpus=0.5", "run.eval_episodes=0",
         "replay.shards=2", "replay.resources={collector: 0.01}",  # soft SPREAD over the workers, no node pinned
     )
