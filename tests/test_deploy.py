@@ -39,13 +39,14 @@ BIN = Path(sys.executable).parent
 RAY_CLI = str(BIN / "ray")
 HARMONYRAY = str(BIN / "harmonyray")
 
-# A run that finishes in well under a minute on 2 cores.
+# A run that finishes in well under a minute on 2 cores: one runner, one shard and no evaluator
+# (each actor is a process to start; the job's path through Ray is the point here).
 TINY = [
     "agent.model.deter=32", "agent.model.hidden=32", "agent.model.stoch=4", "agent.model.classes=4",
     "agent.model.layers=1", "agent.model.reward_bins=31", "agent.behavior.horizon=5",
     "train.batch_size=4", "train.seq_len=8", "train.train_ratio=4", "train.prefill=300", "train.publish_every=2",
-    "runners.chunk_length=8", "runners.num_cpus=0.5", "replay.shards=2", "replay.capacity=5000",
-    "run.log_every=0.5", "run.checkpoint_every=1000", "run.eval_episodes=1", "wandb.mode=disabled", "run.steps=500",
+    "runners.count=1", "runners.chunk_length=8", "runners.num_cpus=0.5", "replay.shards=1", "replay.capacity=5000",
+    "run.log_every=0.5", "run.checkpoint_every=1000", "run.eval_episodes=0", "wandb.mode=disabled", "run.steps=500",
     "learner.threads=1",  # see tests/test_runtime.py
 ]
 

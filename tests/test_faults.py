@@ -146,14 +146,14 @@ def test_nonfinite_skips_are_counted_exactly_between_reads():
 
 
 def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path):
-    config = tiny_config("run.steps=1600", "runners.max_restarts=2", "run.eval_episodes=0")
+    config = tiny_config("run.steps=1100", "runners.max_restarts=2", "run.eval_episodes=0")
     logdir = make_logdir(config, str(tmp_path / "run"))
     run = Run(config, logdir, resume=False, progress=False)
     acknowledged: set[str] = set()
 
     def inject() -> None:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(r["step"] >= 700 for r in read_metrics(logdir)):
+        while time.monotonic() < deadline and not any(r["step"] >= 500 for r in read_metrics(logdir)):
             time.sleep(0.2)
         for runner in run.runners:
             acknowledged.update(ray_local.get(runner.inserted_ids.remote(), timeout=120))
@@ -170,7 +170,7 @@ def test_killed_runner_and_shard_lose_no_acknowledged_chunk(ray_local, tmp_path)
     summary = run.execute()
     injector.join()
     assert acknowledged, "the faults hit a running system"
-    assert summary.env_steps >= 1600 and summary.updates > 0
+    assert summary.env_steps >= 1100 and summary.updates > 0
     assert run.runners[0] is killed[0] and run.runners[1] is not killed[1], "Ray restarted one, the driver re-created the other"
     for runner in run.runners:
         acknowledged.update(ray_local.get(runner.inserted_ids.remote(), timeout=120))

@@ -15,7 +15,9 @@ from system.driver import Run, load_run_config, make_logdir, resume
 from system.failures import LearnerFailed
 from system.metrics import read_metrics
 
-TWO_LEARNERS = ["learner.num_learners=2", "learner.num_cpus=0.5", "train.train_ratio=4", "run.eval_episodes=0"]
+# one runner and one shard: the learners are the point (their processes are most of a run start)
+TWO_LEARNERS = ["learner.num_learners=2", "learner.num_cpus=0.5", "train.train_ratio=4", "run.eval_episodes=0", "runners.count=1",
+                "replay.shards=1"]
 
 
 def test_two_learners_hold_the_ratio_a_dead_rank_is_restored_then_stops_the_run_resumably(free_ray, tmp_path, capsys) -> None:
@@ -34,7 +36,7 @@ def test_two_learners_hold_the_ratio_a_dead_rank_is_restored_then_stops_the_run_
         return None
 
     def kill_one_rank_twice() -> None:
-        seen["row"] = wait_for(lambda r: r["step"] >= 1500 and r["runner/min_weight_version"] > 0 and list_checkpoints(logdir))
+        seen["row"] = wait_for(lambda r: r["step"] >= 800 and r["runner/min_weight_version"] > 0 and list_checkpoints(logdir))
         free_ray.kill(run.actors.learners.ranks[1], no_restart=True)
         seen["restored"] = wait_for(lambda r: r["learner/restores"] == 1 and r["learner/world_size"] == 2)
         free_ray.kill(run.actors.learners.ranks[0], no_restart=True)  # the new group's: no restore left
