@@ -119,9 +119,11 @@ class ActorCritic(nn.Module):
         for _ in range(0, self.cfg.horizon, step):
             parts.append(self.imagine_window(wm, deter, stoch, step))
             deter, stoch = parts[-1][0][-1], parts[-1][1][-1]
-        # [H+1, N, ...] states, [H, N] log-probabilities and entropies of the actions taken
-        deters, stochs, logps, ents = (torch.cat(p) for p in zip(*parts))
-        deter_all, stoch_all = torch.cat([first_deter[None], deters]), torch.cat([first_stoch[None], stochs])
+        # [H+1, N, ...] states, each copied once (the stochastic ones are [N, 1024] per step at
+        # XS), and [H, N] log-probabilities and entropies of the actions taken
+        deters, stochs, logps, ents = zip(*parts)
+        deter_all, stoch_all = torch.cat([first_deter[None], *deters]), torch.cat([first_stoch[None], *stochs])
+        logps, ents = torch.cat(logps), torch.cat(ents)
         return self.trajectory_loss(wm, deter_all, stoch_all, logps, ents, replay)
 
     def imagine_window(self, wm: WorldModel, deter: Tensor, stoch: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

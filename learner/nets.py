@@ -102,6 +102,20 @@ def onehot_linear(x: Tensor, weight: Tensor, classes: int, dtype: torch.dtype) -
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+def selected_entries(x: Tensor, classes: int) -> tuple[Tensor, Tensor]:
+    """The value and the index of the non-zero entry of each group of `classes` entries of x
+    ([rows, groups] each; value 0 for a group of zeros), for inputs as `onehot_linear` takes them.
+    Eager, a max finds them; compiled, two sums do (a group's entries other than the chosen one
+    are exact zeros, so both are exact): Inductor's loops for a max that returns its index took
+    19-23 ms on a [15360, 32, 32] trajectory, the sums 8 ms, while eager the max is the faster
+    (17-22 ms against 42-47 ms)."""
+    groups = x.unflatten(-1, (-1, classes))
+    if not torch.compiler.is_compiling():
+        return groups.max(-1)
+    positions = torch.arange(classes, device=x.device, dtype=torch.float32)
+    return groups.sum(-1), torch.where(groups > 0, positions, 0.0).sum(-1).long()
+
+
 class OneHotMatmul(torch.autograd.Function):
     """x @ weight.T by gathering (see `onehot_linear`). Forward in the weight's dtype, exact up to
     the order of the sums; backward the dense products, in `dtype` (the autocast dtype, so that
@@ -109,7 +123,7 @@ class OneHotMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
-        value, index = x.unflatten(-1, (-1, classes)).max(-1)  # [rows, groups]: the non-zero entry
+        value, index = selected_entries(x, classes)
         index = index + torch.arange(0, x.shape[-1], classes, device=x.device)
         out = F.embedding_bag(index, weight.t().contiguous(), mode="sum", per_sample_weights=value.to(weight.dtype))
         ctx.save_for_backward(x, weight)

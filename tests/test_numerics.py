@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from torch.profiler import profile
 
 from learner.channel_norm import ChannelNorm, channel_layer_norm
-from learner.nets import ONEHOT_MIN_ROWS, MLP, OneHots, TwoHotSymlog, onehot_linear, reward_bins, sample_index
+from learner.nets import ONEHOT_MIN_ROWS, MLP, OneHots, TwoHotSymlog, onehot_linear, reward_bins, sample_index, selected_entries
 from learner.numerics import ReturnNormalizer, lambda_returns, replay_returns, symexp, symlog, twohot
 
 
@@ -159,6 +159,24 @@ def test_onehot_inputs_of_many_rows_are_gathered_not_multiplied():
     dense = F.linear(deter, mlp.inputs[0].weight, mlp.inputs[0].bias) + F.linear(stoch, mlp.inputs[1].weight)
     expected = mlp.out(F.silu(mlp.norm0(dense)))
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_onehot_product_finds_the_same_entries_by_sums():
+    """Compiled, the chosen entries are found by sums instead of a max: the same values (the
+    straight-through ones, not rounded to 1) and indices, zeros for masked rows, and the same
+    product (up to the order of its sums)."""
+    rows, groups, classes = 2 * ONEHOT_MIN_ROWS, 8, 16
+    x = straight_through_latents(rows, groups, classes)[1].detach()
+    weight = torch.randn(24, groups * classes)
+    assert (x != x.round()).any(), "some chosen entries are not exactly 1"
+    compiled_entries = torch.compile(selected_entries, dynamic=False)(x, classes)
+    eager_value, eager_index = selected_entries(x, classes)
+    value, index = compiled_entries
+    assert torch.equal(value, eager_value) and (value[::5] == 0).all()
+    chosen = eager_value > 0  # a masked row's index does not matter: its entries weigh zero
+    assert torch.equal(index[chosen], eager_index[chosen]) and index.dtype == eager_index.dtype
+    compiled = torch.compile(lambda x: onehot_linear(x, weight, classes, torch.float32), dynamic=False)(x)
+    torch.testing.assert_close(compiled, onehot_linear(x, weight, classes, torch.float32), rtol=0, atol=1e-6)
 
 
 def test_onehot_product_under_bf16_autocast_matches_the_dense_one():
