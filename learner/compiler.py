@@ -40,7 +40,7 @@ def plan_compile(setting: str, device: torch.device, deter: int) -> CompilePlan:
     everything (the update is launch-bound there); on a CPU too, except for test-sized models.
     CPU figures, compiled against eager: the policy step 1.2x for the S image policy and 2x for
     CartPole's (collection 1,958 -> 3,457 steps/s); the XS vector update 1.24x / 1.60x (fp32 /
-    bf16) on an AVX512-BF16 Zen 4 and 1.48x / 1.78x on an AMX Xeon; the S image update, bound by
+    bf16) on an AVX512-BF16 Zen 4 and ~1.5x / 1.78x on an AMX Xeon; the S image update, bound by
     its convolutions and matmuls, 1.23x / 1.21x on the Xeon once its channel norms ran aten's
     kernels (1.05x / 1.09x before, on the Zen 4). Compiling takes 40-300 s (less from the cache),
     which a run of an hour earns back."""
