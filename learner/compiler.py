@@ -74,9 +74,9 @@ def compile_options(device: torch.device) -> dict[str, Any]:
         return {"mode": "reduce-overhead", "dynamic": False}
     # Imported here, not at the top: Inductor's modules take ~1.7 s of CPU to import, which every
     # runner, shard and learner process would pay at start-up even when nothing is compiled.
-    from learner.bias_pass import UnfuseBiasAdd
+    from learner.matmul_passes import CpuMatmulPasses
 
-    return {"dynamic": False, "options": {"post_grad_custom_post_pass": UnfuseBiasAdd()}}
+    return {"dynamic": False, "options": {"post_grad_custom_post_pass": CpuMatmulPasses()}}
 
 
 def compile_fn(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:

@@ -120,7 +120,7 @@ def test_auto_stays_eager_on_a_cpu_without_a_cxx_compiler(monkeypatch):
 
 def test_cpu_matmul_biases_are_added_in_inductors_loops(tmp_path, monkeypatch):
     """On a CPU the compiled units hand Inductor a plain matmul and add the bias in the fused loop
-    that follows (UnfuseBiasAdd), with the same result as the eager layer."""
+    that follows (`unfuse_bias_add`), with the same result as the eager layer."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     layer = torch.nn.Linear(8, 4)
@@ -129,3 +129,25 @@ def test_cpu_matmul_biases_are_added_in_inductors_loops(tmp_path, monkeypatch):
     out, (code, *_) = run_and_get_code(compiled, x)
     assert "addmm" not in code and "extern_kernels.mm(" in code
     torch.testing.assert_close(out, torch.relu(layer(x)))
+
+
+def test_cpu_weight_gradients_of_a_window_are_one_matmul(tmp_path, monkeypatch):
+    """A weight used at every step of a compiled window gets its gradient as one product over all
+    the steps' rows (`sum_products`), not one small product per step, with eager's value."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    weight = torch.randn(8, 6, requires_grad=True)
+    steps = torch.randn(4, 3, 6)  # 4 steps of 3 rows
+
+    def window(w: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(3, 8)
+        for x in steps.unbind(0):
+            h = torch.tanh(x @ w.t() + h)
+        return h.square().sum()
+
+    compiled = compile_fn(window, torch.device("cpu"))
+    _, codes = run_and_get_code(lambda: compiled(weight).backward())
+    assert [code.count("extern_kernels.mm(") for code in codes] == [4, 1], "4 steps forward, their weight gradients as one"
+    grad, weight.grad = weight.grad, None
+    window(weight).backward()
+    torch.testing.assert_close(grad, weight.grad)

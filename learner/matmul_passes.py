@@ -1,0 +1,131 @@
+"""Graph passes for Inductor on CPUs: how the compiled units hand their matmuls to the BLAS."""
+from __future__ import annotations
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch.fx import Graph, Node
+
+aten = torch.ops.aten
+
+# Products whose inner dimension is at most this are summed as one matmul (`SumOfProducts`). At 16
+# (the rows of one observe step) 8 products summed took 0.34-0.61 ms as one and 0.51-1.19 ms
+# apart (XS weight shapes, 2 cores); at 1,024 (imagined steps) one was no faster and its inputs'
+# copy cost more.
+SMALL_INNER = 128
+
+
+class CpuMatmulPasses(CustomGraphPass):
+    """`unfuse_bias_add`, then `sum_products`: Inductor's post-grad custom pass on CPUs."""
+
+    def __call__(self, graph: Graph) -> None:
+        unfuse_bias_add(graph)
+        sum_products(graph)
+
+    def uuid(self) -> bytes:
+        return get_hash_for_files((__file__,))
+
+
+def unfuse_bias_add(graph: Graph) -> None:
+    """Rewrite `addmm(bias, x, w)` as `mm(x, w) + bias` so that Inductor fuses the bias into the
+    fused loop that follows (a LayerNorm, an activation) instead of handing it to the BLAS call.
+
+    Inductor does this itself only on GPUs. On a CPU, aten's `addmm` first copies the bias,
+    expanded to the output's shape, into the output and then multiplies into it: one more pass
+    over memory and a few more dispatched operators per matmul, hundreds per update."""
+    for node in graph.find_nodes(op="call_function", target=aten.addmm.default):
+        if len(node.args) != 3 or node.kwargs:  # alpha or beta set: leave it
+            continue
+        bias, x, w = node.args
+        with graph.inserting_before(node):
+            total = _add(graph, _call(graph, aten.mm.default, x, w), bias)
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+
+
+def sum_products(graph: Graph) -> None:
+    """Rewrite a sum of small matmuls `a_1 @ b_1 + ... + a_n @ b_n` as one matmul of the
+    concatenations, `[a_1 ... a_n] @ [b_1; ...; b_n]`.
+
+    Such sums are how a compiled window's backward adds up a weight's gradient over its steps:
+    one [out, B] @ [B, in] product per step, where B is a step's batch (16 rows per observe step),
+    too few for a BLAS call to pay its overhead. One call over the window's K * B rows does the
+    same arithmetic at a fraction of the overhead."""
+    for root in graph.find_nodes(op="call_function", target=aten.add.Tensor):
+        if _is_sum(root) and not _inside_larger_sum(root):
+            _merge_products(graph, root)
+
+
+def _merge_products(graph: Graph, root: Node) -> None:
+    terms, inner = _terms(root), []
+    products = [t for t in terms if _small_product(t)]
+    shapes = {(tuple(t.meta["val"].shape), t.meta["val"].dtype) for t in products}
+    if len(products) < 2 or len(shapes) != 1 or len(set(products)) != len(products):
+        return
+    with graph.inserting_before(root):
+        left = _call(graph, aten.cat.default, [_call(graph, aten.permute.default, p.args[0], [1, 0]) for p in products], 0)
+        right = _call(graph, aten.cat.default, [p.args[1] for p in products], 0)
+        total = _call(graph, aten.mm.default, _call(graph, aten.permute.default, left, [1, 0]), right)
+        for other in (t for t in terms if t not in products):
+            total = _add(graph, total, other)
+    root.replace_all_uses_with(total)
+    _collect_sums(root, inner)
+    for node in inner:  # the sum's adds, outermost first, then its products
+        graph.erase_node(node)
+    for product in products:
+        graph.erase_node(product)
+
+
+def _is_sum(node: Node) -> bool:
+    return node.op == "call_function" and node.target is aten.add.Tensor and len(node.args) == 2 and not node.kwargs
+
+
+def _only_user(node: Node) -> Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _inside_larger_sum(node: Node) -> bool:
+    user = _only_user(node)
+    return user is not None and _is_sum(user)
+
+
+def _terms(node: Node) -> list[Node]:
+    """The summands of a tree of adds whose inner adds feed only the next add up."""
+    out: list[Node] = []
+    for arg in node.args:
+        if isinstance(arg, Node) and _is_sum(arg) and _only_user(arg) is node:
+            out += _terms(arg)
+        else:
+            out.append(arg)
+    return out
+
+
+def _collect_sums(node: Node, out: list[Node]) -> None:
+    out.append(node)
+    for arg in node.args:
+        if isinstance(arg, Node) and _is_sum(arg) and _only_user(arg) is node:
+            _collect_sums(arg, out)
+
+
+def _small_product(node: object) -> bool:
+    if not (isinstance(node, Node) and node.target is aten.mm.default and _only_user(node) is not None):
+        return False
+    a, b = (arg.meta.get("val") for arg in node.args)
+    return a is not None and b is not None and a.dim() == b.dim() == 2 and a.shape[1] <= SMALL_INNER
+
+
+def _call(graph: Graph, target: torch._ops.OpOverload, *args: object) -> Node:
+    node = graph.call_function(target, args)
+    node.meta["val"] = target(*(_val(a) for a in args))
+    return node
+
+
+def _add(graph: Graph, x: Node, y: object) -> Node:
+    return _call(graph, aten.add.Tensor, x, y)
+
+
+def _val(arg: object) -> object:
+    if isinstance(arg, Node):
+        return arg.meta["val"]
+    if isinstance(arg, list):
+        return [_val(a) for a in arg]
+    return arg
