@@ -7,7 +7,7 @@ from torch.fx import Graph, Node
 
 aten = torch.ops.aten
 
-# Products whose inner dimension is at most this are summed as one matmul (`SumOfProducts`). At 16
+# Products whose inner dimension is at most this are summed as one matmul (`sum_products`). At 16
 # (the rows of one observe step) 8 products summed took 0.34-0.61 ms as one and 0.51-1.19 ms
 # apart (XS weight shapes, 2 cores); at 1,024 (imagined steps) one was no faster and its inputs'
 # copy cost more.
@@ -43,7 +43,7 @@ def unfuse_bias_add(graph: Graph) -> None:
 
 
 def sum_products(graph: Graph) -> None:
-    """Rewrite a sum of small matmuls `a_1 @ b_1 + ... + a_n @ b_n` as one matmul of the
+    """Rewrite a sum of equal-shaped small matmuls `a_1 @ b_1 + ... + a_n @ b_n` as one matmul of the
     concatenations, `[a_1 ... a_n] @ [b_1; ...; b_n]`.
 
     Such sums are how a compiled window's backward adds up a weight's gradient over its steps:
@@ -56,11 +56,11 @@ def sum_products(graph: Graph) -> None:
 
 
 def _merge_products(graph: Graph, root: Node) -> None:
-    terms, inner = _terms(root), []
+    terms, adds = _sum_tree(root)
     products = [t for t in terms if _small_product(t)]
-    shapes = {(tuple(t.meta["val"].shape), t.meta["val"].dtype) for t in products}
+    shapes = {tuple((*arg.meta["val"].shape, arg.meta["val"].dtype) for arg in p.args) for p in products}
     if len(products) < 2 or len(shapes) != 1 or len(set(products)) != len(products):
-        return
+        return  # only equal products: a weight's gradient over the steps (what was measured)
     with graph.inserting_before(root):
         left = _call(graph, aten.cat.default, [_call(graph, aten.permute.default, p.args[0], [1, 0]) for p in products], 0)
         right = _call(graph, aten.cat.default, [p.args[1] for p in products], 0)
@@ -68,11 +68,8 @@ def _merge_products(graph: Graph, root: Node) -> None:
         for other in (t for t in terms if t not in products):
             total = _add(graph, total, other)
     root.replace_all_uses_with(total)
-    _collect_sums(root, inner)
-    for node in inner:  # the sum's adds, outermost first, then its products
+    for node in [*adds, *products]:  # outermost add first: each node's users are gone before it
         graph.erase_node(node)
-    for product in products:
-        graph.erase_node(product)
 
 
 def _is_sum(node: Node) -> bool:
@@ -88,22 +85,18 @@ def _inside_larger_sum(node: Node) -> bool:
     return user is not None and _is_sum(user)
 
 
-def _terms(node: Node) -> list[Node]:
-    """The summands of a tree of adds whose inner adds feed only the next add up."""
-    out: list[Node] = []
+def _sum_tree(node: Node) -> tuple[list[Node], list[Node]]:
+    """The summands of a tree of adds whose inner adds feed only the next add up, and its adds
+    (outermost first)."""
+    terms, adds = [], [node]
     for arg in node.args:
         if isinstance(arg, Node) and _is_sum(arg) and _only_user(arg) is node:
-            out += _terms(arg)
+            inner_terms, inner_adds = _sum_tree(arg)
+            terms += inner_terms
+            adds += inner_adds
         else:
-            out.append(arg)
-    return out
-
-
-def _collect_sums(node: Node, out: list[Node]) -> None:
-    out.append(node)
-    for arg in node.args:
-        if isinstance(arg, Node) and _is_sum(arg) and _only_user(arg) is node:
-            _collect_sums(arg, out)
+            terms.append(arg)
+    return terms, adds
 
 
 def _small_product(node: object) -> bool:
