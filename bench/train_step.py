@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig, ModelConfig
+from learner.host_memory import keep_freed_memory
 from learner.spaces import ActionSpec, ObservationSpec
 
 ACTIONS = 6
@@ -128,16 +129,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache", default="~/.cache/harmonyray/inductor", help="Inductor cache folder (agent.compile_cache)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
+    parser.add_argument("--host-memory", default="keep", choices=["keep", "release"],
+                        help="keep: malloc keeps freed memory for the next update, as the learner sets it on CPUs (learner/host_memory.py); release: glibc's default")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.host_memory == "keep" and keep_freed_memory()
     modes = {"both": ["off", "on"], "eager": ["off"], "compiled": ["on"]}[args.mode]
     results = measure(args, modes)
     agent = next(iter(results.values()))["agent"]
     device = torch.cuda.get_device_name() if agent.device.type == "cuda" else "cpu"
     out: dict[str, Any] = {
         "size": args.size, "obs": args.obs, "batch": [args.batch, args.length], "precision": agent.precision.precision,
-        "device": device, "params": agent.num_params(), "threads": torch.get_num_threads(),
+        "device": device, "params": agent.num_params(), "threads": torch.get_num_threads(), "host_memory_kept": kept,
     }
     for mode, name in (("off", "eager"), ("on", "compiled")):
         if mode in results:

@@ -22,6 +22,7 @@ import torch
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig
 from learner.distributed import ProcessGroup, Rendezvous
+from learner.host_memory import keep_freed_memory
 from learner.openloop import openloop_frames
 from learner.spaces import ActionSpec, ObservationSpec
 
@@ -59,6 +60,8 @@ class Learner:
         self.threads = threads or torch.get_num_threads()
         _one_torch_thread()  # `run` sets the training thread's count
         self.agent = Agent(obs_spec, act_spec, agent_config)
+        if self.agent.device.type == "cpu":
+            keep_freed_memory()  # each update reuses the last one's memory (learner/host_memory.py)
         if state is not None:
             self.agent.load_state_dict(state)
         self.replay, self.board = replay, board

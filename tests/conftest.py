@@ -33,7 +33,7 @@ OWN_CLUSTERS_LAST = ("test_network_exposure.py", "test_resume_kill.py", "test_mu
 # joins the Ray worker.
 WITHOUT_RAY = (
     "test_compile.py", "test_agent.py", "test_async_collection.py", "test_envs_atari.py", "test_envs_catch.py",
-    "test_envs_crafter.py", "test_envs_gym.py", "test_envs_metaworld.py", "test_envs_minecraft.py", "test_harmonizer.py",
+    "test_envs_crafter.py", "test_envs_gym.py", "test_envs_metaworld.py", "test_envs_minecraft.py", "test_harmonizer.py", "test_host_memory.py",
     "test_layout.py", "test_learner_group.py", "test_metrics.py", "test_minecraft_standin.py", "test_numerics.py",
     "test_policy_agent.py", "test_precision.py", "test_replay_persistence.py", "test_replay_storage.py",
     "test_run_metrics.py", "test_video.py",
