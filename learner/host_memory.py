@@ -18,9 +18,9 @@ import sys
 # mallopt's parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# Requests below this come from the heap, and free memory at the heap's top beyond twice it is
-# given back: larger than any one tensor of an XL update, far below a machine's memory.
-KEEP_BYTES = 1 << 30
+# Requests below this come from the heap: larger than any one tensor of an XL update.
+HEAP_BELOW_BYTES = 1 << 30
+NEVER = -1  # as M_TRIM_THRESHOLD: never give the heap's free top back (mallopt(3))
 
 
 def keep_freed_memory() -> bool:
@@ -34,4 +34,5 @@ def keep_freed_memory() -> bool:
         return False
     if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it (musl's mallopt does nothing)
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 * KEEP_BYTES))
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_BELOW_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER))
