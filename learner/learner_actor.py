@@ -60,8 +60,8 @@ class Learner:
         self.threads = threads or torch.get_num_threads()
         _one_torch_thread()  # `run` sets the training thread's count
         self.agent = Agent(obs_spec, act_spec, agent_config)
-        if self.agent.device.type == "cpu":
-            keep_freed_memory()  # each update reuses the last one's memory (learner/host_memory.py)
+        # each update reuses the last one's memory (learner/host_memory.py)
+        self.host_memory_kept = self.agent.device.type == "cpu" and keep_freed_memory()
         if state is not None:
             self.agent.load_state_dict(state)
         self.replay, self.board = replay, board
@@ -109,7 +109,8 @@ class Learner:
         agent = self.agent
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         where = f"{agent.device} (GPU {', '.join(gpus)} of its node)" if agent.device.type == "cuda" and gpus else str(agent.device)
-        return f"{where}, {agent.precision.precision} ({agent.precision.reason}), {agent.compile_plan.describe()}"
+        kept = ", freed host memory kept for the next update" if self.host_memory_kept else ""
+        return f"{where}, {agent.precision.precision} ({agent.precision.reason}), {agent.compile_plan.describe()}{kept}"
 
     def run(self, max_updates: int | None = None) -> int:
         """Train until stopped, until the replay closes, or for max_updates; returns updates."""
