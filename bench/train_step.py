@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig, ModelConfig
 from learner.host_memory import keep_freed_memory
+from learner.policy_agent import resolve_device
 from learner.spaces import ActionSpec, ObservationSpec
 
 ACTIONS = 6
@@ -130,11 +131,12 @@ def main() -> None:
     parser.add_argument("--cache", default="~/.cache/harmonyray/inductor", help="Inductor cache folder (agent.compile_cache)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     parser.add_argument("--host-memory", default="keep", choices=["keep", "release"],
-                        help="keep: malloc keeps freed memory for the next update, as the learner sets it on CPUs (learner/host_memory.py); release: glibc's default")
+                        help="keep (CPU only): malloc keeps freed memory for the next update, as the learner does (learner/host_memory.py); release: glibc's default")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kept = args.host_memory == "keep" and keep_freed_memory()
+    # as the learner does: on CPUs only
+    kept = args.host_memory == "keep" and resolve_device(args.device).type == "cpu" and keep_freed_memory()
     modes = {"both": ["off", "on"], "eager": ["off"], "compiled": ["on"]}[args.mode]
     results = measure(args, modes)
     agent = next(iter(results.values()))["agent"]
