@@ -19,10 +19,10 @@ import numpy as np
 import ray
 import torch
 
+from learner import host_memory
 from learner.agent import Agent, metrics_to_floats
 from learner.config import AgentConfig
 from learner.distributed import ProcessGroup, Rendezvous
-from learner.host_memory import keep_freed_memory
 from learner.openloop import openloop_frames
 from learner.spaces import ActionSpec, ObservationSpec
 
@@ -52,16 +52,18 @@ class Learner:
         priority: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        keep_freed_memory: bool = True,
     ):
         """`priority`: the replay samples by priority (`replay.sampling=priority`), so send it the
         world model's per-sequence priorities of every trained batch. `rank` of `world_size`: one of
         data-parallel learners (learner/distributed.py), which train only once `join` made them a
-        group; rank 0 publishes the weights and answers for the group (checkpoints, videos)."""
+        group; rank 0 publishes the weights and answers for the group (checkpoints, videos).
+        `keep_freed_memory`: on a CPU, each update reuses the last one's memory instead of faulting
+        it in again (learner/host_memory.py)."""
         self.threads = threads or torch.get_num_threads()
         _one_torch_thread()  # `run` sets the training thread's count
         self.agent = Agent(obs_spec, act_spec, agent_config)
-        # each update reuses the last one's memory (learner/host_memory.py)
-        self.host_memory_kept = self.agent.device.type == "cpu" and keep_freed_memory()
+        self.host_memory_kept = keep_freed_memory and self.agent.device.type == "cpu" and host_memory.keep_freed_memory()
         if state is not None:
             self.agent.load_state_dict(state)
         self.replay, self.board = replay, board

@@ -114,6 +114,9 @@ class LearnerConfig:
     num_cpus: float = 1.0  # CPUs Ray reserves for the learner
     threads: int = 0  # torch threads (0: the CPUs given)
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources for the learner
+    # On a CPU, malloc keeps freed memory for the next update (glibc): S image updates 15-26 % shorter,
+    # but the process holds its peak (~3.5 GiB for S image); false gives it back (memory-tight nodes)
+    keep_freed_memory: bool = True
 
 
 @dataclass

@@ -50,6 +50,7 @@ class LearnerGroup:
                 self.shape.batch_size, train.seq_len, train.publish_every, train.prefetch,
                 config.learner.threads or int(max(1, config.learner.num_cpus)), config.run.max_nonfinite_updates,
                 state, priority=config.replay.sampling == "priority", rank=rank, world_size=n,
+                keep_freed_memory=config.learner.keep_freed_memory,
             ))
         self._runs: list[ray.ObjectRef] = []
 
