@@ -6,6 +6,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from torch.fx import Graph, Node
 
 aten = torch.ops.aten
+prims = torch.ops.prims
 
 # Products whose inner dimension is at most this are summed as one matmul (`sum_products`). At 16
 # (the rows of one observe step) 8 products summed took 0.34-0.61 ms as one and 0.51-1.19 ms
@@ -49,7 +50,11 @@ def sum_products(graph: Graph) -> None:
     Such sums are how a compiled window's backward adds up a weight's gradient over its steps:
     one [out, B] @ [B, in] product per step, where B is a step's batch (16 rows per observe step),
     too few for a BLAS call to pay its overhead. One call over the window's K * B rows does the
-    same arithmetic at a fraction of the overhead."""
+    same arithmetic at a fraction of the overhead.
+
+    Under bf16 autocast each step's product reaches the sum converted to fp32 and transposed
+    (`permute(convert(a_i @ b_i))`): the same wrappers on every product are applied once to the
+    merged one, whose bf16 result is rounded once instead of once per step."""
     for root in graph.find_nodes(op="call_function", target=aten.add.Tensor):
         if _is_sum(root) and not _inside_larger_sum(root):
             _merge_products(graph, root)
@@ -57,19 +62,48 @@ def sum_products(graph: Graph) -> None:
 
 def _merge_products(graph: Graph, root: Node) -> None:
     terms, adds = _sum_tree(root)
-    products = [t for t in terms if _small_product(t)]
-    shapes = {tuple((*arg.meta["val"].shape, arg.meta["val"].dtype) for arg in p.args) for p in products}
-    if len(products) < 2 or len(shapes) != 1 or len(set(products)) != len(products):
-        return  # only equal products: a weight's gradient over the steps (what was measured)
+    unwrapped = {t: _unwrap(t) for t in terms if isinstance(t, Node)}
+    products = [t for t in unwrapped if _small_product(unwrapped[t][0])]
+    kinds = {(_signature(unwrapped[p][0].args), tuple(_wrapper_kind(w) for w in unwrapped[p][1])) for p in products}
+    if len(products) < 2 or len(kinds) != 1 or len(set(products)) != len(products):
+        return  # only equal products, equally wrapped: a weight's gradient over the steps (what was measured)
+    mms = [unwrapped[p][0] for p in products]
     with graph.inserting_before(root):
-        left = _call(graph, aten.cat.default, [_call(graph, aten.permute.default, p.args[0], [1, 0]) for p in products], 0)
-        right = _call(graph, aten.cat.default, [p.args[1] for p in products], 0)
+        left = _call(graph, aten.cat.default, [_call(graph, aten.permute.default, m.args[0], [1, 0]) for m in mms], 0)
+        right = _call(graph, aten.cat.default, [m.args[1] for m in mms], 0)
         total = _call(graph, aten.mm.default, _call(graph, aten.permute.default, left, [1, 0]), right)
+        for wrapper in reversed(unwrapped[products[0]][1]):  # innermost first
+            total = _call(graph, wrapper.target, total, *wrapper.args[1:])
         for other in (t for t in terms if t not in products):
             total = _add(graph, total, other)
     root.replace_all_uses_with(total)
-    for node in [*adds, *products]:  # outermost add first: each node's users are gone before it
+    for node in [*adds, *(w for p in products for w in unwrapped[p][1]), *mms]:  # outermost first: users go before
         graph.erase_node(node)
+
+
+def _unwrap(node: Node) -> tuple[Node, list[Node]]:
+    """The node under a chain of single-user dtype conversions and 2-d transposes, and the chain
+    (outermost first)."""
+    wrappers = []
+    while _wrapper_kind(node) is not None and isinstance(node.args[0], Node) and _only_user(node.args[0]) is node:
+        wrappers.append(node)
+        node = node.args[0]
+    return node, wrappers
+
+
+def _wrapper_kind(node: Node) -> tuple | None:
+    """What a conversion or transpose does (equal for equal wrappers), or None for other nodes."""
+    if node.op != "call_function" or node.kwargs:
+        return None
+    if node.target is prims.convert_element_type.default:
+        return (node.target, node.args[1])
+    if node.target is aten.permute.default and list(node.args[1]) == [1, 0]:
+        return (node.target, 1, 0)
+    return None
+
+
+def _signature(args: tuple) -> tuple:
+    return tuple((*arg.meta["val"].shape, arg.meta["val"].dtype) for arg in args)
 
 
 def _is_sum(node: Node) -> bool:
