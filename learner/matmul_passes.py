@@ -63,7 +63,7 @@ def sum_products(graph: Graph) -> None:
 def _merge_products(graph: Graph, root: Node) -> None:
     terms, adds = _sum_tree(root)
     unwrapped = {t: _unwrap(t) for t in terms if isinstance(t, Node)}
-    products = [t for t in unwrapped if _small_product(unwrapped[t][0])]
+    products = [t for t in terms if t in unwrapped and _only_user(t) is not None and _small_product(unwrapped[t][0])]
     kinds = {(_signature(unwrapped[p][0].args), tuple(_wrapper_kind(w) for w in unwrapped[p][1])) for p in products}
     if len(products) < 2 or len(kinds) != 1 or len(set(products)) != len(products):
         return  # only equal products, equally wrapped: a weight's gradient over the steps (what was measured)
