@@ -40,9 +40,9 @@ def plan_compile(setting: str, device: torch.device, deter: int) -> CompilePlan:
     everything (the update is launch-bound there); on a CPU too, except for test-sized models.
     CPU figures, compiled against eager: the policy step 1.2x for the S image policy and 2x for
     CartPole's (collection 1,958 -> 3,457 steps/s); the XS vector update 1.24x / 1.60x (fp32 /
-    bf16) on an AVX512-BF16 Zen 4 and ~1.5x / 1.78x on an AMX Xeon; the S image update, bound by
-    its convolutions and matmuls, 1.09-1.12x / 1.22x on the Xeon once freed memory was kept
-    (learner/host_memory.py: both faster, eager the more in fp32), 1.23x / 1.21x before it.
+    bf16) on an AVX512-BF16 Zen 4 and ~1.5x / 1.89x on an AMX Xeon; the S image update, bound by
+    its convolutions and matmuls, 1.09-1.20x / 1.15-1.29x on the Xeon with freed memory kept
+    (learner/host_memory.py).
     Compiling takes 40-300 s (less from the cache), which a run of an hour earns back."""
     if setting not in COMPILE_MODES:
         raise ValueError(f"agent.compile must be auto, on or off, not {setting!r}")
