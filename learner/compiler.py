@@ -69,8 +69,9 @@ def use_cache_dir(folder: str) -> Path:
 
 def compile_options(device: torch.device) -> dict[str, Any]:
     """Fixed shapes (batches never change size); on CUDA each program is captured once and
-    replayed as a CUDA graph; on a CPU matmul biases are fused into Inductor's loops and a window's
-    small matmuls summed as one (learner/matmul_passes.py)."""
+    replayed as a CUDA graph; on a CPU matmul biases are fused into Inductor's loops, a window's
+    small weight-gradient matmuls summed as one and the weights its steps multiply packed once
+    for MKL (learner/matmul_passes.py)."""
     if device.type == "cuda":
         return {"mode": "reduce-overhead", "dynamic": False}
     # Imported here, not at the top: Inductor's modules take ~1.7 s of CPU to import, which every

@@ -11,6 +11,7 @@ import torch._inductor.config as inductor_config
 from torch._inductor.utils import run_and_get_code
 
 from learner.agent import Agent, metrics_to_floats
+from learner import packed_matmul
 from learner.compiler import compile_fn, plan_compile
 from learner.config import AgentConfig, ModelConfig
 from learner.spaces import ActionSpec, ObservationSpec
@@ -155,3 +156,36 @@ def test_cpu_weight_gradients_of_a_window_are_one_matmul(tmp_path, monkeypatch, 
     window(weight).backward()
     tolerance = {} if precision == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}  # bf16 products: rounded once, not per step
     torch.testing.assert_close(grad, weight.grad, **tolerance)
+
+
+@pytest.mark.skipif(not packed_matmul.available(), reason="this torch build has no MKL")
+def test_cpu_window_packs_a_weight_once_for_its_small_products(tmp_path, monkeypatch):
+    """A weight that every step of a window multiplies by 16 rows is packed for MKL once per
+    compiled graph and each step's product reads the packed copy (`prepack_weights`), forward
+    (x_i @ W.T) and backward (g_i @ W); values and gradients as eager's. Small weights stay plain
+    products."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    weight = (torch.randn(512, 512) / 512**0.5).requires_grad_()
+    small = (torch.randn(8, 512) / 512**0.5).requires_grad_()
+    steps = torch.randn(5, 16, 512)
+
+    def window(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        h, out = torch.tanh(steps[0]), 0
+        for x in steps[1:].unbind(0):
+            h = torch.tanh(h @ w.t() + x)
+            out = out + (h @ s.t()).square().sum()
+        return out
+
+    compiled = compile_fn(window, torch.device("cpu"))
+    out, codes = run_and_get_code(lambda: compiled(weight, small).backward() or compiled(weight, small))
+    forward, backward = codes[0], codes[1]
+    for code, products in ((forward, 4), (backward, 3)):  # the first step's h needs no gradient
+        assert code.count("harmonyray.pack_weight.default(") == 1 and code.count("harmonyray.packed_mm.default(") == products
+    assert forward.count("extern_kernels.mm(") == 4, "the 8 x 512 weight's products stay plain"
+    grads = weight.grad, small.grad
+    weight.grad = small.grad = None
+    expected = window(weight, small)
+    expected.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grads, (weight.grad, small.grad))
