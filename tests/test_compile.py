@@ -10,8 +10,8 @@ import torch
 import torch._inductor.config as inductor_config
 from torch._inductor.utils import run_and_get_code
 
-from learner.agent import Agent, metrics_to_floats
 from learner import packed_matmul
+from learner.agent import Agent, metrics_to_floats
 from learner.compiler import compile_fn, plan_compile
 from learner.config import AgentConfig, ModelConfig
 from learner.spaces import ActionSpec, ObservationSpec
@@ -178,8 +178,13 @@ def test_cpu_window_packs_a_weight_once_for_its_small_products(tmp_path, monkeyp
         return out
 
     compiled = compile_fn(window, torch.device("cpu"))
-    out, codes = run_and_get_code(lambda: compiled(weight, small).backward() or compiled(weight, small))
-    forward, backward = codes[0], codes[1]
+
+    def forward_and_backward() -> torch.Tensor:
+        value = compiled(weight, small)
+        value.backward()
+        return value
+
+    out, (forward, backward) = run_and_get_code(forward_and_backward)
     for code, products in ((forward, 4), (backward, 3)):  # the first step's h needs no gradient
         assert code.count("harmonyray.pack_weight.default(") == 1 and code.count("harmonyray.packed_mm.default(") == products
     assert forward.count("extern_kernels.mm(") == 4, "the 8 x 512 weight's products stay plain"
