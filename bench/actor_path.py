@@ -75,14 +75,33 @@ def drain(actors: list, replay: ReplayService, limiter) -> int:
     return stored
 
 
+def env_steps(actors: list) -> int:
+    """Env steps the runners have taken so far, together."""
+    return sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors], timeout=600))
+
+
 def runner_rate(actors: list, warmup: float, seconds: float) -> float:
-    """Start the runners' collection, count their env steps over `seconds` after `warmup`, stop them."""
+    """Start the runners' collection, count their env steps over `seconds` once every runner
+    steps with the published policy (the first round waits out their start: random steps until
+    the weights arrive, then compiling the policy step) and `warmup` more seconds have passed,
+    then stop them."""
     refs = [a.run.remote() for a in actors]
+    with_policy: list[int] | None = None  # each runner's env steps once it acts with the weights
+    deadline = time.monotonic() + 600
+    while True:
+        stats = ray.get([a.stats.remote() for a in actors], timeout=600)
+        if with_policy is None and all(s["weight_version"] >= 1 for s in stats):
+            with_policy = [s["env_steps"] for s in stats]
+        elif with_policy is not None and all(s["env_steps"] > n for s, n in zip(stats, with_policy)):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError("runners took no env step with the published weights in 600 s")
+        time.sleep(0.2)
     time.sleep(warmup)
-    before = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors], timeout=600))
+    before = env_steps(actors)
     start = time.perf_counter()
     time.sleep(seconds)
-    after = sum(s["env_steps"] for s in ray.get([a.stats.remote() for a in actors], timeout=600))
+    after = env_steps(actors)
     rate = (after - before) / (time.perf_counter() - start)
     ray.get([a.stop.remote() for a in actors], timeout=600)
     ray.get(refs, timeout=600)
@@ -106,7 +125,7 @@ def compare(config, runners: int, shards: int, rounds: int, seconds: float) -> d
         raw_rates, system_rates = [], []
         for i in range(rounds):
             raw_rates.append(raw.rate(seconds))
-            system_rates.append(runner_rate(actors, warmup=3.0 if i == 0 else 1.0, seconds=seconds))
+            system_rates.append(runner_rate(actors, warmup=1.0, seconds=seconds))
             print(f"round {i + 1}: raw {raw_rates[-1]:.0f}, system {system_rates[-1]:.0f} steps/s, "
                   f"ratio {system_rates[-1] / raw_rates[-1]:.3f}", flush=True)
         stored = drain(actors, replay, limiter)
