@@ -12,17 +12,23 @@ import json
 import sys
 from pathlib import Path
 
-from actors.envs import MissingDependencyError, UnknownEnvError
-from learner.spaces import ObservationShapeError
-from system.checkpoint import CheckpointError
-from system.cluster import ClusterError
-from system.config import ConfigError, load_config
+from system.config import Config, ConfigError, load_config
 from system.config_docs import config_markdown, config_text
 from system.failures import RunStopped
 from system.interrupt import Interrupted, StopSignals
-from system.sweep import SweepIncomplete
 
-USER_ERRORS = (ConfigError, UnknownEnvError, MissingDependencyError, ObservationShapeError, CheckpointError, ClusterError)
+# What the user must fix, by the module that defines it. The modules are not imported here: torch,
+# Ray and the environment suites take seconds to load, and `config`, `report` and a bad argument
+# need none of them. An error can only come from a module already loaded, so each is looked up
+# in `sys.modules` when one is caught.
+USER_ERRORS = {
+    "system.config": ("ConfigError",),
+    "actors.envs.errors": ("UnknownEnvError", "MissingDependencyError"),
+    "learner.spaces": ("ObservationShapeError",),
+    "system.checkpoint": ("CheckpointError",),
+    "system.cluster": ("ClusterError",),
+}
+SWEEP_INCOMPLETE = {"system.sweep": ("SweepIncomplete",)}  # some trials failed; the rest are reported
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,19 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         return _dispatch(args)
-    except USER_ERRORS as error:
-        print(f"harmonyray: error: {error}", file=sys.stderr)
-        return 2
     except RunStopped as error:  # runners or learners failed (a checkpoint stands): one line, no traceback
         print(f"harmonyray: run stopped: {error}", file=sys.stderr)
-        return 1
-    except SweepIncomplete as error:  # some trials failed; the rest are reported
-        print(f"harmonyray: sweep incomplete: {error}", file=sys.stderr)
         return 1
     except Interrupted as stop:  # SIGTERM/SIGINT: checkpoint written, W&B and Ray shut down
         sys.stderr.flush()
         stop.report()
         return stop.exit_code
+    except Exception as error:
+        if _is_one_of(error, USER_ERRORS):
+            print(f"harmonyray: error: {error}", file=sys.stderr)
+            return 2
+        if _is_one_of(error, SWEEP_INCOMPLETE):
+            print(f"harmonyray: sweep incomplete: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_one_of(error: Exception, classes: dict[str, tuple[str, ...]]) -> bool:
+    """`error` is an instance of one of `classes` ({module: class names}) of the modules loaded."""
+    return any(
+        isinstance(error, getattr(sys.modules[module], name))
+        for module, names in classes.items() if module in sys.modules for name in names
+    )
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -88,10 +104,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print((root / "report.md").read_text(), end="")
         print(f"written: {root / 'report.md'}, {root / 'report.csv'}, {root / 'curves.png'}", file=sys.stderr)
         return 0
+    config = load_config(args.config, args.overrides) if args.command == "train" else None
     from system import driver  # Ray and torch load only once the arguments are valid
 
     if args.command in ("train", "resume"):
-        summary = _run(driver, args)
+        summary = _run(driver, args, config)
     else:
         result = driver.evaluate_logdir(Path(args.logdir), args.episodes)
         print(json.dumps(result))
@@ -130,7 +147,7 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(driver, args: argparse.Namespace):
+def _run(driver, args: argparse.Namespace, config: Config | None):
     """`train` or `resume` with SIGTERM/SIGINT handled (the driver installs the handlers once Ray
     started), then Ray shut down if it was started here: its GCS, raylet and node agents end with
     the command instead of outliving it."""
@@ -139,8 +156,7 @@ def _run(driver, args: argparse.Namespace):
     stop = StopSignals()
     started_here = not ray.is_initialized()
     try:
-        if args.command == "train":
-            config = load_config(args.config, args.overrides)
+        if config is not None:  # train
             return driver.train(config, args.logdir, progress=not args.no_progress, stop=stop)
         return driver.resume(args.logdir, args.overrides, progress=not args.no_progress, stop=stop)
     finally:

@@ -92,6 +92,23 @@ def test_the_actor_processes_start_without_importing_the_compiler() -> None:
     run_fresh_python(code)
 
 
+def test_the_command_line_answers_config_report_and_bad_input_without_torch_or_ray() -> None:
+    """`harmonyray config`, `report` and a bad preset answer without loading torch, Ray or the
+    environment suites (seconds of start-up): those load only for the commands that run."""
+    code = (
+        "import contextlib, io, sys, tempfile\n"
+        "from system.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "    assert main(['config']) == 0\n"
+        "    assert main(['train', '--config', 'no-such-preset']) == 2\n"
+        "    assert main(['report', tempfile.mkdtemp()]) == 2\n"
+        "assert 'unknown config' in err.getvalue() and 'holds no runs' in err.getvalue(), err.getvalue()\n"
+        "loaded = sorted(m for m in ('torch', 'ray', 'gymnasium') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    run_fresh_python(code)
+
+
 def test_the_tests_run_beside_the_ray_tests_start_neither_ray_nor_a_run() -> None:
     """`make test` runs the modules of conftest.WITHOUT_RAY in a second xdist worker, next to the
     Ray tests: a Ray cluster or a run started there would double the load the Ray tests see."""
