@@ -2,6 +2,7 @@
 documents every key from the schema."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from system.cli import main
+from system.cli import SWEEP_INCOMPLETE, USER_ERRORS, main
 from learner.config import ModelConfig
 from system.config import ConfigError, _explain, apply_overrides, config_from_dict, load_config, to_yaml
 from system.config_docs import KeyDoc, config_markdown, key_docs
@@ -77,6 +78,15 @@ def test_corrupt_and_foreign_checkpoints_are_rejected(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "is not a HarmonyRay checkpoint" in capsys.readouterr().err
     assert (ckpt / "ckpt-000000001000.pt").exists(), "nothing is deleted"
+
+
+@pytest.mark.parametrize("table", [USER_ERRORS, SWEEP_INCOMPLETE])
+def test_the_errors_the_cli_reports_name_real_exception_classes(table):
+    """The command line names these by module and class (it does not import them up front): a
+    rename must break this test, not turn a one-line error into a traceback."""
+    for module, names in table.items():
+        for name in names:
+            assert issubclass(getattr(importlib.import_module(module), name), Exception), f"{module}.{name}"
 
 
 def test_console_script_exit_code():
